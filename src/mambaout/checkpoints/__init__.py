@@ -1,0 +1,25 @@
+"""Checkpoint files: safe reading, official-layout conversion, release downloads, strict loading."""
+
+from .download import PretrainedUnavailableError, cache_dir, fetch_pretrained
+from .files import CheckpointError, read_checkpoint, read_metadata, write_safetensors
+from .layouts import CONVERTERS, to_our_layout, unwrap
+from .loading import CheckpointMismatchError, Weights, check_fits, load_weights, read_weights, save_weights
+
+__all__ = [
+    "CONVERTERS",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "PretrainedUnavailableError",
+    "Weights",
+    "cache_dir",
+    "check_fits",
+    "fetch_pretrained",
+    "load_weights",
+    "read_checkpoint",
+    "read_metadata",
+    "read_weights",
+    "save_weights",
+    "to_our_layout",
+    "unwrap",
+    "write_safetensors",
+]

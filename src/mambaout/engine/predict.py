@@ -1,0 +1,82 @@
+"""Top-k predictions for image files, preprocessed as the model's pretrained_cfg says."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from timm.data import ImageNetInfo, create_transform, resolve_data_config
+from torch import nn
+
+from ..data.images import ImageReadError, open_rgb
+
+
+@dataclass(frozen=True)
+class Guess:
+    index: int
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    top: list[Guess]
+
+
+def eval_transform(model: nn.Module, input_size: tuple[int, int] | None = None):
+    """Resize, center crop by crop_pct, interpolation and mean/std from the model's pretrained_cfg (timm.data)."""
+    overrides = {"input_size": (3, *input_size)} if input_size else {}
+    config = resolve_data_config(overrides, model=model)
+    return create_transform(**config, is_training=False)
+
+
+def class_names(model: nn.Module) -> list[str]:
+    """Names saved with the weights, else ImageNet-1k's descriptions for 1000-way heads, else numbers."""
+    cfg = getattr(model, "pretrained_cfg", {})
+    num_classes = getattr(model, "num_classes", cfg.get("num_classes", 0))
+    if cfg.get("label_names") and len(cfg["label_names"]) == num_classes:
+        return list(cfg["label_names"])
+    if num_classes == 1000:
+        info = ImageNetInfo("imagenet-1k")
+        return [info.index_to_description(i) for i in range(1000)]
+    return [f"class {i}" for i in range(num_classes)]
+
+
+def _batches(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@torch.no_grad()
+def predict_files(
+    model: nn.Module,
+    paths: Sequence[str | os.PathLike],
+    topk: int = 5,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    input_size: tuple[int, int] | None = None,
+) -> tuple[list[Prediction], list[ImageReadError]]:
+    """Predict every readable file; unreadable ones are returned as errors, in input order, not raised."""
+    transform = eval_transform(model, input_size)
+    names = class_names(model)
+    topk = max(1, min(topk, len(names)))
+    model = model.eval().to(device)
+    predictions, errors = [], []
+    for chunk in _batches([os.fspath(p) for p in paths], batch_size):
+        tensors, good = [], []
+        for path in chunk:
+            try:
+                tensors.append(transform(open_rgb(path, exif_transpose=True)))
+                good.append(path)
+            except ImageReadError as e:
+                errors.append(e)
+        if not tensors:
+            continue
+        probs = model(torch.stack(tensors).to(device)).float().softmax(dim=-1)
+        values, indices = probs.topk(topk, dim=-1)
+        for path, vals, idxs in zip(good, values.tolist(), indices.tolist()):
+            predictions.append(Prediction(path, [Guess(i, names[i], v) for v, i in zip(vals, idxs)]))
+    return predictions, errors

@@ -1,0 +1,81 @@
+"""Creating models by name, with or without weights."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+from torch import nn
+
+from .checkpoints import (
+    CheckpointError,
+    Weights,
+    fetch_pretrained,
+    load_weights,
+    read_metadata,
+    read_weights,
+    save_weights,
+)
+from .registry import get_model_spec
+
+
+def create_model(
+    name: str,
+    pretrained: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    drop_path_rate: float | None = None,
+    use_ema: bool = False,
+    **overrides: Any,
+) -> nn.Module:
+    """Build a registered model; load release weights (`pretrained`) or a file of any known layout (`checkpoint`).
+
+    With weights and no `num_classes`, the classifier takes the checkpoint's size; with a different
+    `num_classes`, the backbone is loaded and a new classifier initialised.
+    """
+    spec = get_model_spec(name)
+    cfg = copy.deepcopy(spec.pretrained_cfg)
+    weights: Weights | None = None
+    if checkpoint is not None:
+        weights = read_weights(checkpoint, spec.family, use_ema=use_ema)
+    elif pretrained:
+        weights = read_weights(fetch_pretrained(name, cfg), spec.family, use_ema=use_ema)
+    if weights is not None and weights.model_name not in (None, name):
+        raise CheckpointError(f"checkpoint {weights.source!r} was saved from {weights.model_name}, not {name}")
+
+    if num_classes is None:
+        num_classes = (weights and weights.num_classes(cfg["classifier"])) or cfg["num_classes"]
+    if drop_path_rate is not None:
+        overrides["drop_path_rate"] = drop_path_rate
+    try:
+        model = spec.builder(num_classes=num_classes, **overrides)
+    except TypeError as e:  # a misspelled option: say which model refused it
+        raise TypeError(f"{name}: {e}") from e
+
+    if weights is not None:
+        load_weights(model, weights, cfg["classifier"])
+    cfg["num_classes"] = num_classes
+    if weights is not None and weights.class_names and len(weights.class_names) == num_classes:
+        cfg["label_names"] = list(weights.class_names)
+    model.pretrained_cfg = cfg
+    model.default_cfg = cfg  # timm's older name, still read by timm.data.resolve_data_config
+    model.model_name = name
+    return model
+
+
+def load_checkpoint(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
+    """Rebuild a model from a file written by `save_checkpoint` (it records the model name)."""
+    model_name = read_metadata(path).get("model_name")
+    if model_name is None:
+        raise CheckpointError(
+            f"{os.fspath(path)!r} does not record its model name; use create_model(NAME, checkpoint=PATH)"
+        )
+    return create_model(model_name, checkpoint=path, **kwargs)
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, class_names: list[str] | None = None) -> None:
+    """Write a model made by `create_model` as safetensors, with its name and class names."""
+    if class_names is None:
+        class_names = model.pretrained_cfg.get("label_names")
+    save_weights(model, path, model.model_name, class_names)

@@ -1,0 +1,99 @@
+"""Model registry: name -> builder, pretrained config and published metadata.
+
+Model files register their variant tables here at import; nothing here imports a model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Published:
+    """Numbers a paper or model card states for a model (None where nobody published one)."""
+
+    params_m: float | None = None
+    gmacs: float | None = None
+    top1: float | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str
+    builder: Callable[..., nn.Module]
+    pretrained_cfg: dict[str, Any]
+    published: Published = field(default_factory=Published)
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:  # KeyError would print the message with quotes
+        return str(self.args[0])
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def pretrained_cfg(
+    *,
+    url: str = "",
+    file_name: str | None = None,
+    sha256: str | None = None,
+    num_classes: int = 1000,
+    input_size: tuple[int, int, int] = (3, 224, 224),
+    crop_pct: float = 0.875,
+    interpolation: str = "bicubic",
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+    first_conv: str = "stem.conv1",
+    classifier: str = "head.fc",
+    **extra: Any,
+) -> dict[str, Any]:
+    """A pretrained_cfg dict with timm's keys (plus `file_name`/`sha256` for the download cache)."""
+    return dict(
+        url=url,
+        file_name=file_name,
+        sha256=sha256,
+        num_classes=num_classes,
+        input_size=input_size,
+        crop_pct=crop_pct,
+        interpolation=interpolation,
+        mean=mean,
+        std=std,
+        first_conv=first_conv,
+        classifier=classifier,
+        **extra,
+    )
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern, sorted."""
+    return sorted(name for name in _REGISTRY if fnmatch.fnmatchcase(name, pattern))
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=5, cutoff=0.5)
+        hint = f" Closest: {', '.join(close)}." if close else ""
+        raise UnknownModelError(
+            f"unknown model {name!r}.{hint} `mambaout models` lists all {len(_REGISTRY)} models."
+        ) from None
