@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import urllib.error
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +32,17 @@ def sha256_of(path: Path) -> str:
 
 def fetch_pretrained(model_name: str, cfg: dict[str, Any], progress: bool = True) -> Path:
     """Path of the cached release file for a model, downloading it (with a progress bar) if missing."""
-    url, file_name, sha256 = cfg.get("url"), cfg.get("file_name"), cfg.get("sha256")
+    url, sha256 = cfg.get("url"), (cfg.get("sha256") or "").lower() or None
     if not url:
         raise PretrainedUnavailableError(
             f"{model_name} has no released weights; create it with pretrained=False, or pass checkpoint=PATH"
         )
+    # A cfg without `file_name` caches the file under the URL's own name.
+    file_name = cfg.get("file_name") or posixpath.basename(urllib.parse.urlsplit(url).path)
     target = cache_dir() / file_name
     if target.is_file():
-        if sha256 and sha256_of(target) != sha256:
+        # `sha256` may be a prefix of the digest, as torch's hash_prefix allows for the download itself.
+        if sha256 and not sha256_of(target).startswith(sha256):
             raise CheckpointError(f"cached file {target} does not match its sha256 {sha256}; delete it to re-download")
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

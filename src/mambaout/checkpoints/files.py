@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -62,12 +63,17 @@ def _read_torch(path: Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        refused = _CODE_REFUSAL.search(str(e))
+        if refused is None:  # garbage opcodes, not a refused object: a damaged or foreign file
+            raise CheckpointError(
+                f"cannot read checkpoint {str(path)!r} (damaged, or not a checkpoint?): {_pickle_error(e)}"
+            ) from e
         raise CheckpointError(
             f"refusing to load {str(path)!r}: it holds pickled objects other than tensors and plain data, "
-            f"which could run code when loaded ({_first_line(e)}). If you trust the file, re-save its "
+            f"which could run code when loaded ({refused.group(0)}). If you trust the file, re-save its "
             "state_dict as .safetensors."
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # torch's unpickler lets KeyError, IndexError, ... escape on random bytes
         raise CheckpointError(
             f"cannot read checkpoint {str(path)!r} (truncated or not a checkpoint?): {_first_line(e)}"
         ) from e
@@ -76,9 +82,20 @@ def _read_torch(path: Path) -> dict[str, Any]:
     return obj
 
 
+# What torch's weights-only unpickler says when it refuses an object that would run code on loading (an
+# unlisted or blocked global, a call or construction of one); its other errors mean damaged bytes.
+_CODE_REFUSAL = re.compile(r"GLOBAL \S+|unrecognized function \S+|create new object\b[^\n]*")
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def _pickle_error(e: BaseException) -> str:
+    # torch.load buries the unpickler's own words under advice about weights_only
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+    return found.group(1).strip() if found else _first_line(e)
 
 
 def write_safetensors(

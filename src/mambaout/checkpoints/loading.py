@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -88,6 +89,8 @@ def save_weights(
     model: nn.Module, path: str | os.PathLike, model_name: str, class_names: list[str] | None = None
 ) -> None:
     """Safetensors with the model name and class names, so `load_checkpoint(path)` rebuilds the model."""
+    if Path(path).suffix != ".safetensors":  # files are read by suffix: a .pth name would never load again
+        raise ValueError(f"save checkpoints as .safetensors, not {os.fspath(path)!r}")
     metadata = {"format": FORMAT_TAG, "model_name": model_name, "num_classes": getattr(model, "num_classes", None)}
     if class_names is not None:
         metadata["class_names"] = list(class_names)

@@ -49,6 +49,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return _wide_grey_to_rgb(img)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode == "La":  # PIL has no La -> RGBA conversion; it does have La -> LA
+        img = img.convert("LA")
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -1,0 +1,33 @@
+import json
+import os
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+# The reference listings live in shared/ beside the checkout (CI clones the repo with shared/ beside it).
+REFERENCE = Path(os.environ.get("MAMBAOUT_REFERENCE", REPO.parent / "shared" / "reference"))
+
+
+@cache
+def reference(name: str) -> dict:
+    path = REFERENCE / name
+    if not path.is_file():
+        raise FileNotFoundError(f"reference file {path} is missing: set MAMBAOUT_REFERENCE to shared/reference")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+
+
+def console_script(name: str = "mambaout") -> str:
+    """The installed entry point beside this interpreter (tests run it as users do)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: install the package (make install)")
+    return str(path)
