@@ -18,7 +18,7 @@ quickstart: $(STAMP)
 	$(BIN)/mambaout quickstart
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check .
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 
 import torch
 
-from .analysis.flops import InputSizeError, model_flops
+from .analysis.flops import model_flops
 from .checkpoints import CheckpointError
 from .data.images import ImageReadError
+from .errors import InputSizeError
 from .registry import UnknownModelError, get_model_spec, list_models
 
 EXPECTED_ERRORS = (UnknownModelError, CheckpointError, InputSizeError, ImageReadError, FileNotFoundError)

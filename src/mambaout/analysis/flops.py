@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..errors import InputSizeError, check_input_size
 from ..factory import create_model
 
 aten = torch.ops.aten
@@ -26,10 +27,6 @@ def _layer_norm_flops(input_shape, normalized_shape, weight_shape=None, bias_sha
 
 
 EXTRA_FORMULAS = {aten.native_layer_norm: _layer_norm_flops}  # keyed by overload packet, as torch does
-
-
-class InputSizeError(ValueError):
-    """An input size the model cannot take."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +103,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...], name: str | None 
 def model_flops(name: str, size: tuple[int, int] = (224, 224), batch: int = 1, **model_kwargs) -> FlopReport:
     """Params and MACs of a registered model at an input size, counted without allocating memory."""
     height, width = size
-    if height < 1 or width < 1 or batch < 1:
-        raise InputSizeError(f"input size and batch must be positive, got {height}x{width}, batch {batch}")
+    check_input_size(height, width, batch)
     with torch.device("meta"):
         model = create_model(name, **model_kwargs)
     in_chans = model.pretrained_cfg["input_size"][0]

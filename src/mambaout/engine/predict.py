@@ -11,6 +11,7 @@ from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from torch import nn
 
 from ..data.images import ImageReadError, open_rgb
+from ..errors import check_input_size
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,10 @@ class Prediction:
 
 def eval_transform(model: nn.Module, input_size: tuple[int, int] | None = None):
     """Resize, center crop by crop_pct, interpolation and mean/std from the model's pretrained_cfg (timm.data)."""
-    overrides = {"input_size": (3, *input_size)} if input_size else {}
+    overrides = {}
+    if input_size:
+        check_input_size(*input_size)
+        overrides["input_size"] = (3, *input_size)
     config = resolve_data_config(overrides, model=model)
     return create_transform(**config, is_training=False)
 
