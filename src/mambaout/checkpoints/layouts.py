@@ -70,6 +70,8 @@ def convert_mambaout(state_dict: StateDict) -> StateDict:
 
 CONVERTERS: dict[str, Callable[[StateDict], StateDict]] = {
     "mambaout": convert_mambaout,
+    # DeiT's release files are timm's layout under {'model': ...}, which `unwrap` already opens.
+    "vit": lambda state_dict: state_dict,
 }
 
 

@@ -1,3 +1,6 @@
 """Model families; importing this module registers every variant."""
 
-from . import mambaout  # noqa: F401  (registers the MambaOut variants)
+from . import (
+    mambaout,  # noqa: F401  (registers the MambaOut variants)
+    vit,  # noqa: F401  (registers DeiT and its causal variants)
+)

@@ -1,0 +1,323 @@
+"""ViT / DeiT (Touvron et al., 2021) in timm's state_dict layout, with a switch to causal attention.
+
+Pre-norm blocks (LayerNorm eps 1e-6 -> multi-head attention, LayerNorm -> 2-layer GELU MLP), a class token at
+position 0, a learned absolute position embedding, a final LayerNorm and a linear classifier. With
+`causal=False` (the default) this is exactly timm's `deit_*_patch16_224`, so DeiT's release files load strictly.
+`causal=True` is the MambaOut paper's Fig. 3b ablation: the same weights, but every token attends only to itself
+and the tokens before it, as in an RNN-like token mixer such as Mamba's.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, PatchEmbed, calculate_drop_path_rates, resample_abs_pos_embed, trunc_normal_
+from timm.models import checkpoint_seq
+from timm.models._features import feature_take_indices
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..registry import ModelSpec, Published, pretrained_cfg, register_model
+
+# "token": the class token's final state (DeiT). "avg": the mean of the patch tokens (the class token excluded,
+# as timm's global_pool="avg" does).
+GLOBAL_POOLS = ("token", "avg")
+OUTPUT_FMTS = ("NCHW", "NLC")
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through `scaled_dot_product_attention`; `causal` masks out later tokens.
+
+    One module for both modes, so the causal ablation changes nothing but the mask (same weights and layout).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        causal: bool = False,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.causal = causal
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        # timm's qkv packing: the output features are ordered (q|k|v, head, head_dim).
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_drop if self.training else 0.0, is_causal=self.causal
+        )
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
+
+
+class Block(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        drop_path: float = 0.0,
+        causal: bool = False,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, proj_drop, causal)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class VisionTransformer(nn.Module):
+    """ViT with a class token and timm's model API; features are tokens (B, 1 + H*W, C) after the final norm."""
+
+    def __init__(
+        self,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        *,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        causal: bool = False,
+        global_pool: str | None = None,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        # With a causal mask the class token at position 0 sees only itself, so reading the class out from it
+        # would classify from a learned constant. The official MambaOut repo does not publish its causal ViT;
+        # we pool the way MambaOut (and Vim's `final_pool_mean`) read out a class: the mean of the patch tokens,
+        # while every patch token still sees the class token before it. Keeping the class token first (rather than
+        # moving it last) keeps the sequence, the position embedding and the state_dict identical to DeiT's, so
+        # one checkpoint serves both modes: they differ only in the attention mask and this read-out.
+        if global_pool is None:
+            global_pool = "avg" if causal else "token"
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"unknown global_pool {global_pool!r}; choose from {GLOBAL_POOLS}")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.causal = causal
+        self.patch_size = patch_size
+        self.num_prefix_tokens = 1
+        self.output_fmt = "NLC"
+        self.num_features = self.head_hidden_size = embed_dim
+        self.grad_checkpointing = False
+
+        # strict_img_size=False: any size divisible by the patch size; NHWC output keeps the grid shape for
+        # resizing the position embedding and for reshaping intermediates.
+        self.patch_embed = PatchEmbed(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            output_fmt="NHWC",
+            strict_img_size=False,
+        )
+        self.grid_size = self.patch_embed.grid_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + self.patch_embed.num_patches, embed_dim))
+        drop_paths = calculate_drop_path_rates(drop_path_rate, depth)
+        self.blocks = nn.Sequential(
+            *(
+                Block(
+                    embed_dim,
+                    num_heads,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    attn_drop=attn_drop_rate,
+                    proj_drop=proj_drop_rate,
+                    drop_path=drop_paths[i],
+                    causal=causal,
+                )
+                for i in range(depth)
+            )
+        )
+        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_parameters()
+
+    def _init_parameters(self) -> None:
+        # timm's default ViT init: small random position embedding, near-zero class token, truncated-normal linears.
+        trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        self.apply(self._init_linear)
+
+    @staticmethod
+    def _init_linear(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOLS:
+                raise ValueError(f"unknown global_pool {global_pool!r}; choose from {GLOBAL_POOLS}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        if num_classes > 0:
+            self.head = nn.Linear(self.num_features, num_classes, device=self.norm.weight.device)
+            self._init_linear(self.head)
+        else:
+            self.head = nn.Identity()
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch tokens with the class token prepended and the position embedding (resized to the grid) added."""
+        height, width = x.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"input size {height}x{width} is not divisible by the patch size {self.patch_size}; "
+                f"use a multiple of {self.patch_size} in both dimensions"
+            )
+        x = self.patch_embed(x)
+        grid = (x.shape[1], x.shape[2])
+        # A no-op at the trained grid; otherwise bicubic resampling of the patch rows, the class token's row kept.
+        pos_embed = resample_abs_pos_embed(
+            self.pos_embed, new_size=grid, old_size=self.grid_size, num_prefix_tokens=self.num_prefix_tokens
+        )
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x.flatten(1, 2)), dim=1)
+        return x + pos_embed, grid
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, _ = self._embed(x)
+        checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
+        x = checkpoint_seq(self.blocks, x) if checkpointed else self.blocks(x)
+        return self.norm(x)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.global_pool == "avg":
+            return x[:, self.num_prefix_tokens :].mean(dim=1)
+        return x[:, 0]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(self.pool(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Block outputs (timm semantics: int = last n blocks, None = all), patch tokens only.
+
+        `norm` applies the final LayerNorm to each; NCHW maps are the patch tokens laid back on their grid.
+        """
+        if output_fmt not in OUTPUT_FMTS:
+            raise ValueError(f"output_fmt must be one of {OUTPUT_FMTS}, got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.blocks), indices)
+        x, (grid_h, grid_w) = self._embed(x)
+        blocks = self.blocks[: last + 1] if stop_early else self.blocks
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = self._run_block(block, x)
+            if i in take:
+                tokens = (self.norm(x) if norm else x)[:, self.num_prefix_tokens :]
+                if output_fmt == "NCHW":
+                    tokens = tokens.reshape(x.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous()
+                intermediates.append(tokens)
+        return intermediates if intermediates_only else (self.norm(x), intermediates)
+
+
+# name: (architecture, published numbers, release weights)
+_DEIT_URL = "https://dl.fbaipublicfiles.com/deit/{}.pth"
+_DEIT_PAPER = "DeiT paper (Touvron et al., 2021) Table 1"
+
+VARIANTS: dict[str, tuple[dict, Published, dict]] = {
+    "deit_tiny": (
+        dict(embed_dim=192, depth=12, num_heads=3),
+        Published(5.7, 1.3, 72.2, _DEIT_PAPER),
+        dict(url=_DEIT_URL.format("deit_tiny_patch16_224-a1311bcf")),
+    ),
+    "deit_small": (
+        dict(embed_dim=384, depth=12, num_heads=6),
+        Published(22.1, 4.6, 79.8, _DEIT_PAPER),
+        dict(url=_DEIT_URL.format("deit_small_patch16_224-cd65a155")),
+    ),
+    "deit_base": (
+        dict(embed_dim=768, depth=12, num_heads=12),
+        Published(86.6, 17.6, 81.8, _DEIT_PAPER),
+        dict(url=_DEIT_URL.format("deit_base_patch16_224-b5f2ef4d")),
+    ),
+}
+
+
+def _register_all() -> None:
+    for name, (arch, published, weights) in VARIANTS.items():
+        # crop 0.875 is DeiT's own evaluation (its main.py --eval-crop-ratio); timm's cfg says 0.9.
+        common = dict(crop_pct=0.875, first_conv="patch_embed.proj", classifier="head")
+        register_model(
+            ModelSpec(
+                name=name,
+                family="vit",
+                builder=partial(VisionTransformer, **arch),
+                pretrained_cfg=pretrained_cfg(**common, **weights),
+                published=published,
+            )
+        )
+        # The Fig. 3b ablation: same architecture and layout, causal attention, mean pooling. Nobody released
+        # weights; DeiT's load into it (create_model(f"{name}_causal", checkpoint=...)) as a starting point.
+        register_model(
+            ModelSpec(
+                name=f"{name}_causal",
+                family="vit",
+                builder=partial(VisionTransformer, **arch, causal=True),
+                pretrained_cfg=pretrained_cfg(**common),
+                published=Published(published.params_m, source=f"{name} with causal attention (MambaOut Fig. 3b)"),
+            )
+        )
+
+
+_register_all()
