@@ -174,3 +174,12 @@ def test_predict_pretrained_without_network_names_the_url_and_the_alternative(tm
     assert result.returncode == 2
     assert "http://127.0.0.1:9/mambaout_femto.pth" in result.stderr
     assert "--checkpoint PATH" in result.stderr
+
+
+def test_flops_transformer_equation_6():
+    out = run("flops", "--transformer", "--dim", "384", "--tokens", "196").stdout
+    assert "(2+r)·D = 2304" in out and "Mamba is not needed" in out
+    long = run("flops", "--transformer", "--dim", "768", "--tokens", "5000").stdout
+    assert "(2+r)·D = 4608" in long and "quadratic term dominates" in long
+    bad = run("flops", "--transformer", "--dim", "384", check_ok=False)
+    assert bad.returncode == 2 and "--tokens L" in bad.stderr

@@ -11,12 +11,18 @@ from collections.abc import Sequence
 import torch
 
 from .analysis.flops import model_flops
+from .analysis.transformer_flops import transformer_block_flops
 from .checkpoints import CheckpointError
 from .data.images import ImageReadError
 from .errors import InputSizeError
 from .registry import UnknownModelError, get_model_spec, list_models
 
-EXPECTED_ERRORS = (UnknownModelError, CheckpointError, InputSizeError, ImageReadError, FileNotFoundError)
+
+class UsageError(ValueError):
+    """Options that do not go together."""
+
+
+EXPECTED_ERRORS = (UnknownModelError, CheckpointError, InputSizeError, ImageReadError, FileNotFoundError, UsageError)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -55,8 +61,17 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
-    report = model_flops(args.model, size=tuple(args.size), batch=args.batch)
-    print(report.format())
+    if args.transformer:
+        if args.model or args.dim is None or args.tokens is None:
+            raise UsageError("use either `flops MODEL` or `flops --transformer --dim D --tokens L`")
+        try:
+            print(transformer_block_flops(args.dim, args.tokens, args.mlp_ratio).format())
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        return 0
+    if not args.model:
+        raise UsageError("flops needs a MODEL (or --transformer --dim D --tokens L)")
+    print(model_flops(args.model, size=tuple(args.size), batch=args.batch).format())
     return 0
 
 
@@ -117,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("flops", help="params and MACs per stage, counted with torch's FlopCounterMode")
-    p.add_argument("model")
+    p.add_argument("model", nargs="?")
+    p.add_argument("--transformer", action="store_true", help="Eq. 6 of the paper for one Transformer block")
+    p.add_argument("--dim", type=int, help="with --transformer: the token width D")
+    p.add_argument("--tokens", type=int, help="with --transformer: the sequence length L")
+    p.add_argument("--mlp-ratio", type=float, default=4.0)
     p.add_argument("--size", nargs=2, type=int, default=(224, 224), metavar=("H", "W"))
     p.add_argument("--batch", type=int, default=1)
     p.set_defaults(func=cmd_flops)
