@@ -42,11 +42,12 @@ def test_intermediates_agree_with_features_and_feature_info(name):
         # the last stage's NCHW output is forward_features' NHWC output
         assert torch.equal(stages[-1], features.permute(0, 3, 1, 2))
     else:
-        # token models: features are (B, prefix + H*W, C) after the final norm, block outputs are unnormalised
+        # token models: features are (B, extra + H*W, C) after the final norm (the class token first for DeiT, in
+        # the middle for Vim), block outputs are unnormalised
         assert model.output_fmt == "NLC"
         with torch.no_grad():
             normed = model.forward_intermediates(x, indices=1, norm=True, intermediates_only=True)[-1]
-        patches = features[:, model.num_prefix_tokens :]
+        patches = model.patch_tokens(features)
         assert torch.equal(normed, patches.transpose(1, 2).reshape(normed.shape))
     assert [t.shape for t in last_two] == [t.shape for t in stages[-2:]]
     assert all(torch.equal(a, b) for a, b in zip(last_two, stages[-2:]))

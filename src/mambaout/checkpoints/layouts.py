@@ -68,8 +68,24 @@ def convert_mambaout(state_dict: StateDict) -> StateDict:
     return out
 
 
+def convert_vim(state_dict: StateDict) -> StateDict:
+    """Official Vim layout (layers.I.*, norm_f) -> ours (blocks.I.*, norm); everything else keeps its name.
+
+    Detected from the official block prefix; our own layout passes through unchanged.
+    """
+    if not any(k.startswith("layers.") for k in state_dict):
+        return state_dict
+    out = {}
+    for key, value in state_dict.items():
+        key = re.sub(r"^layers\.(\d+)\.", r"blocks.\1.", key)
+        key = re.sub(r"^norm_f\.", "norm.", key)
+        out[key] = value
+    return out
+
+
 CONVERTERS: dict[str, Callable[[StateDict], StateDict]] = {
     "mambaout": convert_mambaout,
+    "vim": convert_vim,
     # DeiT's release files are timm's layout under {'model': ...}, which `unwrap` already opens.
     "vit": lambda state_dict: state_dict,
 }

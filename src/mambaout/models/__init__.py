@@ -2,5 +2,6 @@
 
 from . import (
     mambaout,  # noqa: F401  (registers the MambaOut variants)
+    vim,  # noqa: F401  (registers Vision Mamba)
     vit,  # noqa: F401  (registers DeiT and its causal variants)
 )

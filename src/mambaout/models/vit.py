@@ -230,9 +230,13 @@ class VisionTransformer(nn.Module):
         x = checkpoint_seq(self.blocks, x) if checkpointed else self.blocks(x)
         return self.norm(x)
 
+    def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, prefix + H*W, C) tokens -> the (B, H*W, C) patch tokens in raster order."""
+        return x[:, self.num_prefix_tokens :]
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.global_pool == "avg":
-            return x[:, self.num_prefix_tokens :].mean(dim=1)
+            return self.patch_tokens(x).mean(dim=1)
         return x[:, 0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -264,7 +268,7 @@ class VisionTransformer(nn.Module):
         for i, block in enumerate(blocks):
             x = self._run_block(block, x)
             if i in take:
-                tokens = (self.norm(x) if norm else x)[:, self.num_prefix_tokens :]
+                tokens = self.patch_tokens(self.norm(x) if norm else x)
                 if output_fmt == "NCHW":
                     tokens = tokens.reshape(x.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous()
                 intermediates.append(tokens)

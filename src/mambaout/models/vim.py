@@ -1,0 +1,434 @@
+"""Vision Mamba, "Vim" (Zhu et al., ICML 2024), as its released `*_bimambav2_..._midclstok_div2` models.
+
+Patch embedding, a class token inserted in the MIDDLE of the patch sequence (position num_patches // 2), a learned
+absolute position embedding, then blocks of RMSNorm -> bidirectional Mamba mixer ("bimamba v2") on a residual stream
+kept in float32, a final RMSNorm and a linear classifier on the middle class token.
+
+The official blocks fuse "residual = residual + hidden; hidden = norm(residual)" at the start of the *next* block
+(mamba_ssm's fused add-norm, residual_in_fp32). Here each block owns its own residual add,
+x <- x + drop_path(mixer(norm(x))), with x in float32: the same arithmetic, regrouped, so that a block maps one tensor
+to one tensor (gradient checkpointing, intermediates) and drop path rate i belongs to block i's own mixer output
+(the official code applies inter_dpr[i + 1] = dpr[i] to it when it is added, and drop_path_rate to the last one).
+
+Our names follow the package's vocabulary (`blocks`, `norm`); the official `layers.*` / `norm_f.*` keys are renamed by
+`mambaout.checkpoints.layouts.convert_vim`. Inside a block the Mamba names are kept (`mixer.in_proj`, `mixer.A_log`,
+`mixer.conv1d_b`, ...): they are the standard vocabulary of every Mamba code base.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.layers import (
+    DropPath,
+    PatchEmbed,
+    calculate_drop_path_rates,
+    lecun_normal_,
+    resample_abs_pos_embed,
+    trunc_normal_,
+)
+from timm.models import checkpoint_seq
+from timm.models._features import feature_take_indices
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..ops.selective_scan import selective_scan
+from ..registry import ModelSpec, Published, pretrained_cfg, register_model
+
+# "token": the middle class token's final state (the official read-out). "avg": the mean of the patch tokens.
+GLOBAL_POOLS = ("token", "avg")
+OUTPUT_FMTS = ("NCHW", "NLC")
+# Mamba marks these `_no_weight_decay`; VisionMamba.no_weight_decay adds the position embedding and class token.
+_SSM_NO_DECAY = ("A_log", "A_b_log", "D", "D_b")
+
+
+def cls_token_index(num_patches: int) -> int:
+    """Where the class token sits in a sequence of `num_patches` patch tokens plus the class token."""
+    return num_patches // 2
+
+
+def resample_mid_cls_pos_embed(
+    pos_embed: torch.Tensor,
+    new_size: tuple[int, int],
+    old_size: tuple[int, int],
+    interpolation: str = "bicubic",
+    antialias: bool = True,
+) -> torch.Tensor:
+    """Resample a (1, 1 + H*W, C) position embedding whose class-token row sits in the middle (not at row 0).
+
+    The class row is taken out of position old H*W // 2, the patch rows are resampled on their grid (timm's
+    `resample_abs_pos_embed`), and the class row is put back at new H*W // 2, unchanged.
+    """
+    new_size, old_size = tuple(new_size), tuple(old_size)
+    if new_size == old_size:
+        return pos_embed
+    old_index = cls_token_index(old_size[0] * old_size[1])
+    cls_row = pos_embed[:, old_index : old_index + 1]
+    patches = torch.cat((pos_embed[:, :old_index], pos_embed[:, old_index + 1 :]), dim=1)
+    patches = resample_abs_pos_embed(
+        patches,
+        new_size=new_size,
+        old_size=old_size,
+        num_prefix_tokens=0,
+        interpolation=interpolation,
+        antialias=antialias,
+    )
+    new_index = cls_token_index(new_size[0] * new_size[1])
+    return torch.cat((patches[:, :new_index], cls_row, patches[:, new_index:]), dim=1)
+
+
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """float32 for half/bfloat16 (mamba_ssm keeps A, D and the dt bias in float32); float64 stays float64."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def causal_conv1d(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """Depthwise causal conv over (B, C, L): `conv` pads kernel - 1 on both sides; keeping the first L outputs makes
+    output t depend on inputs t - kernel + 1 .. t only (what causal_conv1d_fn computes)."""
+    return conv(x)[..., : x.shape[-1]]
+
+
+class RMSNorm(nn.Module):
+    """mamba_ssm's RMSNorm: x / sqrt(mean(x^2) + eps) * weight, computed in float32, returned in the weight's dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.rms_norm(_at_least_fp32(x), (x.shape[-1],), _at_least_fp32(self.weight), self.eps)
+        return out.to(self.weight.dtype)
+
+
+class BiMambaMixer(nn.Module):
+    """Mamba's selective-SSM mixer, "bimamba v2": one input projection, then a forward and a backward scan, each with
+    its own conv1d, x_proj, dt_proj, A and D; the backward scan runs on the flipped sequence and is flipped back; the
+    two are summed and halved (`if_divide_out`) before the output projection.
+
+    Both directions are always used (the official non-fast PyTorch path drops the backward one; its CUDA path, with
+    which the weights were trained, does not).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        d_state: int = 16,
+        expand: int = 2,
+        d_conv: int = 4,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        dt_scale: float = 1.0,
+        num_layers: int = 1,
+    ):
+        super().__init__()
+        self.d_inner = expand * dim
+        self.d_state = d_state
+        self.dt_rank = math.ceil(dim / 16)
+        self._dt_init = (dt_min, dt_max, dt_init_floor, dt_scale)
+        self._num_layers = num_layers
+        # Registered in the official state_dict order: the direct parameters first, then the submodules.
+        self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state))
+        self.D = nn.Parameter(torch.empty(self.d_inner))
+        self.A_b_log = nn.Parameter(torch.empty(self.d_inner, d_state))
+        self.D_b = nn.Parameter(torch.empty(self.d_inner))
+        self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False)
+        self.conv1d, self.x_proj, self.dt_proj = self._direction_modules(d_conv)
+        self.conv1d_b, self.x_proj_b, self.dt_proj_b = self._direction_modules(d_conv)
+        self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
+        self.reset_parameters()
+
+    def _direction_modules(self, d_conv: int) -> tuple[nn.Conv1d, nn.Linear, nn.Linear]:
+        conv = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1)
+        x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * self.d_state, bias=False)
+        dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        return conv, x_proj, dt_proj
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Mamba's init: S4D-real A = -(1..N), D = 1, dt ~ log-uniform(dt_min, dt_max) through an inverse softplus in
+        dt_proj's bias; Vim's GPT-2 style rescale of out_proj by 1/sqrt(depth). Other layers keep PyTorch's init."""
+        dt_min, dt_max, dt_init_floor, dt_scale = self._dt_init
+        a_log = torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device))
+        for A_log, D, dt_proj in ((self.A_log, self.D, self.dt_proj), (self.A_b_log, self.D_b, self.dt_proj_b)):
+            A_log.copy_(a_log.expand_as(A_log))
+            D.fill_(1.0)
+            std = self.dt_rank**-0.5 * dt_scale
+            nn.init.uniform_(dt_proj.weight, -std, std)
+            dt = torch.exp(
+                torch.rand_like(dt_proj.bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+            ).clamp(min=dt_init_floor)
+            dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(bias) == dt
+        nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
+        self.out_proj.weight /= math.sqrt(self._num_layers)
+
+    def _scan(
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        conv: nn.Conv1d,
+        x_proj: nn.Linear,
+        dt_proj: nn.Linear,
+        A_log: torch.Tensor,
+        D: torch.Tensor,
+    ) -> torch.Tensor:
+        """One direction on (B, d_inner, L): causal conv + SiLU, input-dependent dt/B/C, the z-gated scan."""
+        x = F.silu(causal_conv1d(x, conv))
+        dt, B, C = x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # dt_proj's bias goes into the scan as delta_bias (softplus(dt + bias)), as mamba_inner_fn passes it
+        dt = F.linear(dt, dt_proj.weight).transpose(1, 2)
+        return selective_scan(
+            x,
+            dt,
+            -torch.exp(_at_least_fp32(A_log)),
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            _at_least_fp32(D),
+            z,
+            delta_bias=_at_least_fp32(dt_proj.bias),
+            delta_softplus=True,
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
+        out = self._scan(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+        # the official code flips x and z together (xz.flip), so the gate stays aligned with its token
+        out_b = self._scan(
+            x.flip(-1), z.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b
+        ).flip(-1)
+        return self.out_proj(((out + out_b) / 2).transpose(1, 2))
+
+
+class Block(nn.Module):
+    """x <- x + drop_path(mixer(RMSNorm(x))); x is the float32 residual stream (mamba_ssm's residual_in_fp32), so the
+    sum stays float32 whatever the mixer's dtype."""
+
+    def __init__(self, dim: int, mixer: BiMambaMixer, norm_eps: float = 1e-5, drop_path: float = 0.0):
+        super().__init__()
+        self.mixer = mixer  # before `norm`: the official state_dict order
+        self.norm = RMSNorm(dim, eps=norm_eps)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.mixer(self.norm(x)))
+
+
+class VisionMamba(nn.Module):
+    """Vim with timm's model API; features are tokens (B, H*W + 1, C) after the final norm, the class token at
+    index H*W // 2 (see `patch_tokens`)."""
+
+    def __init__(
+        self,
+        embed_dim: int = 192,
+        depth: int = 24,
+        *,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        d_state: int = 16,
+        expand: int = 2,
+        d_conv: int = 4,
+        norm_eps: float = 1e-5,
+        global_pool: str = "token",
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"unknown global_pool {global_pool!r}; choose from {GLOBAL_POOLS}")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.patch_size = patch_size
+        # One extra (class) token; timm calls this count num_prefix_tokens, but here it sits in the middle.
+        self.num_prefix_tokens = 1
+        self.output_fmt = "NLC"
+        self.num_features = self.head_hidden_size = embed_dim
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            output_fmt="NHWC",
+            strict_img_size=False,
+        )
+        self.grid_size = self.patch_embed.grid_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)  # the official code spends drop_rate here, not before the head
+        # the head is registered before the blocks so that state_dict keys come in the official order
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        drop_paths = calculate_drop_path_rates(drop_path_rate, depth)  # linspace(0, rate, depth), as the official dpr
+        mixer = partial(BiMambaMixer, embed_dim, d_state=d_state, expand=expand, d_conv=d_conv, num_layers=depth)
+        self.blocks = nn.Sequential(*(Block(embed_dim, mixer(), norm_eps, drop_paths[i]) for i in range(depth)))
+        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
+        self.norm = RMSNorm(embed_dim, eps=norm_eps)
+        self._init_parameters()
+
+    def _init_parameters(self) -> None:
+        # VisionMamba's init: lecun-normal patch conv, truncated-normal (0.02) head, position embedding and class token
+        lecun_normal_(self.patch_embed.proj.weight)
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        self._init_head()
+
+    def _init_head(self) -> None:
+        if isinstance(self.head, nn.Linear):
+            trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        ssm = {name for name, _ in self.named_parameters() if name.rsplit(".", 1)[-1] in _SSM_NO_DECAY}
+        return {"pos_embed", "cls_token"} | ssm
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOLS:
+                raise ValueError(f"unknown global_pool {global_pool!r}; choose from {GLOBAL_POOLS}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        if num_classes > 0:
+            self.head = nn.Linear(self.num_features, num_classes, device=self.norm.weight.device)
+            self._init_head()
+        else:
+            self.head = nn.Identity()
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch tokens with the class token inserted in the middle and the position embedding added (float32)."""
+        height, width = x.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"input size {height}x{width} is not divisible by the patch size {self.patch_size}; "
+                f"use a multiple of {self.patch_size} in both dimensions"
+            )
+        x = self.patch_embed(x)
+        grid = (x.shape[1], x.shape[2])
+        x = x.flatten(1, 2)
+        index = cls_token_index(x.shape[1])
+        x = torch.cat((x[:, :index], self.cls_token.expand(x.shape[0], -1, -1), x[:, index:]), dim=1)
+        pos_embed = resample_mid_cls_pos_embed(self.pos_embed, new_size=grid, old_size=self.grid_size)
+        return _at_least_fp32(self.pos_drop(x + pos_embed)), grid
+
+    def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H*W + 1, C) tokens -> the (B, H*W, C) patch tokens in raster order (the middle class token removed)."""
+        index = cls_token_index(x.shape[1] - 1)
+        return torch.cat((x[:, :index], x[:, index + 1 :]), dim=1)
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, _ = self._embed(x)
+        checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
+        x = checkpoint_seq(self.blocks, x) if checkpointed else self.blocks(x)
+        return self.norm(x)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.global_pool == "avg":
+            return self.patch_tokens(x).mean(dim=1)
+        # The official read-out. Despite "final_pool_mean" in the model names, VisionMamba.forward_features returns
+        # `hidden_states[:, token_position, :]` (token_position = M // 2) whenever if_cls_token and
+        # use_middle_cls_token are set, before its final_pool_type branch is ever reached.
+        return x[:, cls_token_index(x.shape[1] - 1)]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pool(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Block outputs (timm semantics: int = last n blocks, None = all), patch tokens only (class token removed).
+
+        `norm` applies the final RMSNorm to each; NCHW maps are the patch tokens laid back on their grid.
+        """
+        if output_fmt not in OUTPUT_FMTS:
+            raise ValueError(f"output_fmt must be one of {OUTPUT_FMTS}, got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.blocks), indices)
+        x, (grid_h, grid_w) = self._embed(x)
+        blocks = self.blocks[: last + 1] if stop_early else self.blocks
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = self._run_block(block, x)
+            if i in take:
+                tokens = self.patch_tokens(self.norm(x) if norm else x)
+                if output_fmt == "NCHW":
+                    tokens = tokens.reshape(x.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous()
+                intermediates.append(tokens)
+        return intermediates if intermediates_only else (self.norm(x), intermediates)
+
+
+_HF_URL = "https://huggingface.co/hustvl/{}/resolve/main/{}.pth"
+_README = "hustvl/Vim README.md, Model Weights table (#param. rounded to 1M; no FLOPs published)"
+
+# name: (architecture, published numbers, release weights)
+VARIANTS: dict[str, tuple[dict, Published, dict]] = {
+    "vim_tiny": (
+        dict(embed_dim=192, depth=24),
+        Published(7, None, 76.1, _README),
+        dict(url=_HF_URL.format("Vim-tiny-midclstok", "vim_t_midclstok_76p1acc")),
+    ),
+    "vim_small": (
+        dict(embed_dim=384, depth=24),
+        Published(26, None, 80.5, _README),
+        dict(url=_HF_URL.format("Vim-small-midclstok", "vim_s_midclstok_80p5acc")),
+    ),
+    "vim_base": (
+        dict(embed_dim=768, depth=24),
+        Published(98, None, 81.9, _README),
+        dict(url=_HF_URL.format("Vim-base-midclstok", "vim_b_midclstok_81p9acc")),
+    ),
+    # Two narrow blocks on a 4x4 grid: keeps registry-wide tests fast. No weights.
+    "vim_test": (
+        dict(embed_dim=32, depth=2, img_size=64),
+        Published(source="test variant"),
+        dict(input_size=(3, 64, 64)),
+    ),
+}
+
+
+def _register_all() -> None:
+    for name, (arch, published, weights) in VARIANTS.items():
+        # Vim's own evaluation (main.py --eval-crop-ratio 0.875, datasets.build_transform): resize 256, bicubic,
+        # centre crop 224, ImageNet mean/std; the timm _cfg() its models carry (0.9, mean/std 0.5) is never read.
+        cfg = dict(crop_pct=0.875, interpolation="bicubic", first_conv="patch_embed.proj", classifier="head")
+        register_model(
+            ModelSpec(
+                name=name,
+                family="vim",
+                builder=partial(VisionMamba, **arch),
+                pretrained_cfg=pretrained_cfg(**cfg, **weights),
+                published=published,
+            )
+        )
+
+
+_register_all()
