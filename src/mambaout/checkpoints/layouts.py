@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .files import CheckpointError
+from .vmamba_layout import convert_vmamba
 
 StateDict = dict[str, torch.Tensor]
 
@@ -88,6 +89,7 @@ CONVERTERS: dict[str, Callable[[StateDict], StateDict]] = {
     "vim": convert_vim,
     # DeiT's release files are timm's layout under {'model': ...}, which `unwrap` already opens.
     "vit": lambda state_dict: state_dict,
+    "vmamba": convert_vmamba,
 }
 
 

@@ -4,4 +4,5 @@ from . import (
     mambaout,  # noqa: F401  (registers the MambaOut variants)
     vim,  # noqa: F401  (registers Vision Mamba)
     vit,  # noqa: F401  (registers DeiT and its causal variants)
+    vmamba,  # noqa: F401  (registers VMamba v0, v2 and v2v)
 )
