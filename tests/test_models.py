@@ -13,9 +13,15 @@ def _input(model, batch=2, size=64):
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
-def test_forward_backward_every_parameter_gets_a_gradient(name):
+def test_forward_backward_gradients_and_gradient_checkpointing(name):
+    """Every parameter gets a finite, nonzero gradient; checkpointing changes neither output nor gradients.
+
+    64x64 is the smallest input for which every stage of every family sees more than one token (at 32x32 the
+    last VMamba stage is 1x1, and a length-1 scan rightly gives A no gradient).
+    """
     model = mambaout.create_model(name, num_classes=5)
-    out = model(_input(model))
+    x = _input(model, size=64)
+    out = model(x)
     assert out.shape == (2, 5)
     assert torch.isfinite(out).all()
     out.square().mean().backward()
@@ -24,11 +30,20 @@ def test_forward_backward_every_parameter_gets_a_gradient(name):
     zero_grad = [n for n, p in model.named_parameters() if p.grad.abs().sum() == 0]
     assert not zero_grad, f"parameters with an all-zero gradient: {zero_grad[:5]}"
 
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    checkpointed = model(x)
+    checkpointed.square().mean().backward()
+    torch.testing.assert_close(checkpointed, out, rtol=0, atol=0)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-5, atol=1e-7, msg=n)
+
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_intermediates_agree_with_features_and_feature_info(name):
     model = mambaout.create_model(name).eval()
-    x = _input(model, size=96)
+    x = _input(model, size=64)
     with torch.no_grad():
         features = model.forward_features(x)
         final, stages = model.forward_intermediates(x)
@@ -37,7 +52,7 @@ def test_intermediates_agree_with_features_and_feature_info(name):
     assert len(stages) == len(model.feature_info)
     for feat, info in zip(stages, model.feature_info):
         assert feat.shape[1] == info["num_chs"]
-        assert feat.shape[2:] == (96 // info["reduction"], 96 // info["reduction"])
+        assert feat.shape[2:] == (64 // info["reduction"], 64 // info["reduction"])
     if model.output_fmt == "NHWC":
         # the last stage's NCHW output is forward_features' NHWC output
         assert torch.equal(stages[-1], features.permute(0, 3, 1, 2))
@@ -51,22 +66,6 @@ def test_intermediates_agree_with_features_and_feature_info(name):
         assert torch.equal(normed, patches.transpose(1, 2).reshape(normed.shape))
     assert [t.shape for t in last_two] == [t.shape for t in stages[-2:]]
     assert all(torch.equal(a, b) for a, b in zip(last_two, stages[-2:]))
-
-
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_gradient_checkpointing_gives_the_same_output_and_gradients(name):
-    model = mambaout.create_model(name, num_classes=3)
-    x = _input(model)
-    plain = model(x)
-    plain.sum().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    checkpointed = model(x)
-    checkpointed.sum().backward()
-    torch.testing.assert_close(checkpointed, plain, rtol=0, atol=0)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads[n], rtol=1e-5, atol=1e-7, msg=n)
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -89,7 +88,7 @@ def test_timm_api(name):
     assert cfg["first_conv"] in modules and cfg["classifier"] in modules
     assert model.get_classifier() is modules[cfg["classifier"]]
     assert isinstance(model.no_weight_decay(), set)
-    x = _input(model)
+    x = _input(model, size=32)
     with torch.no_grad():
         pre = model.forward_head(model.forward_features(x), pre_logits=True)
         assert pre.shape == (2, model.head_hidden_size)
