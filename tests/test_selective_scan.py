@@ -1,10 +1,20 @@
-"""The selective scan: chunked backend vs the float64 per-step oracle, gradients, custom-op registration."""
+"""The selective scan: chunked and numba backends vs the float64 per-step oracle, gradients, custom-op registration."""
+
+import importlib
+import importlib.util
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mambaout.ops import selective_scan
+from mambaout.ops import scan_backend, selective_scan
+
+scan_module = importlib.import_module("mambaout.ops.selective_scan")  # the package exports the function by that name
+
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
+needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
+# every backend that runs through the custom op; numba kernels compile once and are cached on disk by numba
+FAST_BACKENDS = ["chunked", pytest.param("numba", marks=needs_numba)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,7 +62,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("batch", "dim", "state", "length", "groups", "extras", "softplus"), CASES)
-@pytest.mark.parametrize("backend", ["chunked", "auto"])
+@pytest.mark.parametrize("backend", [*FAST_BACKENDS, "auto"])
 def test_float32_matches_float64_oracle(batch, dim, state, length, groups, extras, softplus, backend):
     args = _inputs(batch, dim, state, length, groups, extras=extras)
     out, last = selective_scan(**args, delta_softplus=softplus, return_last_state=True, backend=backend)
@@ -80,14 +90,15 @@ def test_b_and_c_may_use_different_group_counts():
 @pytest.mark.parametrize("chunk_size", [1, 5, 16, 64])
 def test_chunk_size_does_not_change_the_result(chunk_size):
     args = _inputs(2, 8, 4, 37, groups=2)
-    out = selective_scan(**args, delta_softplus=True, chunk_size=chunk_size)
+    out = selective_scan(**args, delta_softplus=True, chunk_size=chunk_size, backend="chunked")
     assert _rel_err(out, _oracle(args, delta_softplus=True)) < 1e-5
 
 
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_inputs_accumulate_in_float32(dtype):
+def test_half_inputs_accumulate_in_float32(dtype, backend):
     args = _inputs(2, 16, 8, 40, groups=2, dtype=dtype)
-    out, last = selective_scan(**args, delta_softplus=True, return_last_state=True)
+    out, last = selective_scan(**args, delta_softplus=True, return_last_state=True, backend=backend)
     assert out.dtype == dtype
     assert last.dtype == torch.float32  # mamba_ssm keeps the state in float32
     # the only error left is rounding the float32 result to 8 (bf16) or 11 (fp16) mantissa bits
@@ -95,28 +106,32 @@ def test_half_inputs_accumulate_in_float32(dtype):
     assert _rel_err(out, _oracle(args, delta_softplus=True)) < tolerance
 
 
-def test_float64_stays_float64():
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_float64_stays_float64(backend):
     args = _inputs(1, 4, 4, 19, dtype=torch.float64)
-    out, last = selective_scan(**args, delta_softplus=True, return_last_state=True)
+    out, last = selective_scan(**args, delta_softplus=True, return_last_state=True, backend=backend)
     assert out.dtype == last.dtype == torch.float64
     assert _rel_err(out, _oracle(args, delta_softplus=True)) < 1e-12
 
 
-@pytest.mark.parametrize("dt_scale", [50.0, 1e-4])
-def test_extreme_dt_stays_finite_and_exact(dt_scale):
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("dt_scale", [50.0, 1.0, 1e-4])
+def test_extreme_dt_stays_finite_and_exact(dt_scale, backend):
     # dt up to 50 with A up to -4.1: per-step log-decay down to -200, a chunk's down to -3000, so the factorised
-    # exp(-cumsum) form would overflow; tiny dt keeps exp(dt * A) within an ulp of 1 for the whole sequence
+    # exp(-cumsum) form would overflow (dt 1: only some chunks need the guard); tiny dt keeps exp(dt * A) within an
+    # ulp of 1 for the whole sequence. numba: exp of arguments below -87.3 flushes to 0
     args = _inputs(2, 8, 8, 53, groups=2, dt_scale=dt_scale, extras=False)
-    out, last = selective_scan(**args, return_last_state=True)
+    out, last = selective_scan(**args, return_last_state=True, backend=backend)
     assert torch.isfinite(out).all() and torch.isfinite(last).all()
     ref_out, ref_last = _oracle(args, return_last_state=True)
     assert _rel_err(out, ref_out) < 1e-5
     assert _rel_err(last, ref_last) < 1e-5
 
 
-def test_long_sequence_stays_finite_and_exact():
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_long_sequence_stays_finite_and_exact(backend):
     args = _inputs(1, 4, 4, 12544, dt_scale=0.1, extras=False)
-    out, last = selective_scan(**args, delta_softplus=True, return_last_state=True)
+    out, last = selective_scan(**args, delta_softplus=True, return_last_state=True, backend=backend)
     assert torch.isfinite(out).all()
     ref_out, ref_last = _oracle(args, delta_softplus=True, return_last_state=True)
     # errors do not grow with L: each chunk's state is exactly decayed, not re-normalised
@@ -124,20 +139,25 @@ def test_long_sequence_stays_finite_and_exact():
     assert _rel_err(last, ref_last) < 1e-5
 
 
-def test_gradcheck_through_the_custom_op():
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_gradcheck_through_the_custom_op(backend):
     args = {k: v.double().requires_grad_() for k, v in _inputs(2, 4, 3, 7, groups=2).items()}
     names = list(args)
 
     def scan(*tensors):
-        return selective_scan(**dict(zip(names, tensors)), delta_softplus=True, return_last_state=True, chunk_size=3)
+        kwargs = dict(zip(names, tensors))
+        return selective_scan(**kwargs, delta_softplus=True, return_last_state=True, chunk_size=3, backend=backend)
 
     assert torch.autograd.gradcheck(scan, tuple(args.values()))
 
 
-@pytest.mark.parametrize("extras", [True, False])
-def test_float32_gradients_match_float64_oracle(extras):
-    args = _inputs(2, 8, 4, 37, groups=2, extras=extras)
-    weight_out, weight_last = torch.randn(2, 8, 37), torch.randn(2, 8, 4)
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize(("state", "extras", "c_groups"), [(4, True, 2), (4, False, 2), (16, True, 1), (16, True, 4)])
+def test_float32_gradients_match_float64_oracle(state, extras, c_groups, backend):
+    # N = 16 runs numba's specialised kernel; C with its own group count exercises the group refinement's gradient
+    args = _inputs(2, 8, state, 37, groups=2, extras=extras)
+    args["C"] = torch.randn(2, c_groups, state, 37)
+    weight_out, weight_last = torch.randn(2, 8, 37), torch.randn(2, 8, state)
 
     def grads(tensors, backend):
         tensors = {k: v.detach().requires_grad_() for k, v in tensors.items()}
@@ -145,7 +165,7 @@ def test_float32_gradients_match_float64_oracle(extras):
         loss = (out * weight_out.to(out.dtype)).sum() + (last * weight_last.to(last.dtype)).sum()
         return dict(zip(tensors, torch.autograd.grad(loss, list(tensors.values()))))
 
-    got = grads(args, "chunked")
+    got = grads(args, backend)
     expected = grads({k: v.double() for k, v in args.items()}, "reference")
     for name in args:
         assert got[name].dtype == torch.float32
@@ -153,9 +173,10 @@ def test_float32_gradients_match_float64_oracle(extras):
         assert _rel_err(got[name], expected[name]) < 1e-4, name
 
 
-def test_gradients_flow_for_bfloat16_inputs():
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_gradients_flow_for_bfloat16_inputs(backend):
     args = {k: v.requires_grad_() for k, v in _inputs(1, 8, 4, 20, dtype=torch.bfloat16).items()}
-    selective_scan(**args, delta_softplus=True).float().square().sum().backward()
+    selective_scan(**args, delta_softplus=True, backend=backend).float().square().sum().backward()
     for name, t in args.items():
         assert t.grad is not None and t.grad.dtype == torch.bfloat16 and torch.isfinite(t.grad).all(), name
 
@@ -175,8 +196,9 @@ def test_flop_counter_counts_the_vmamba_formula(with_d, with_z):
     assert counter.get_total_flops() == 2 * macs
 
 
+@pytest.mark.parametrize("kernel", FAST_BACKENDS)
 @pytest.mark.parametrize("extras", [True, False])
-def test_opcheck_passes(extras):
+def test_opcheck_passes(extras, kernel):
     args = _inputs(2, 4, 3, 9, groups=2, extras=extras)
     args = {k: v.requires_grad_() for k, v in args.items()}
     op_args = (
@@ -184,12 +206,13 @@ def test_opcheck_passes(extras):
         *(args.get(k) for k in ("D", "z", "delta_bias")),
         True,
         4,
+        kernel,
     )
     torch.library.opcheck(torch.ops.mambaout.selective_scan.default, op_args)
 
 
 def test_unknown_backend_lists_the_choices():
-    with pytest.raises(ValueError, match="auto, chunked, reference"):
+    with pytest.raises(ValueError, match="auto, chunked, numba, triton, reference"):
         selective_scan(**_inputs(1, 4, 2, 5), backend="cuda")
 
 
@@ -217,3 +240,60 @@ def test_bad_shapes_name_the_argument(name, bad, message):
 def test_bad_chunk_size_is_rejected():
     with pytest.raises(ValueError, match="chunk_size"):
         selective_scan(**_inputs(1, 4, 2, 5), chunk_size=0)
+
+
+@needs_numba
+def test_cpu_default_is_the_numba_kernel(monkeypatch):
+    calls = []
+    numba_scan = scan_module._numba_module().selective_scan_numba
+    monkeypatch.setattr(
+        scan_module._numba_module(), "selective_scan_numba", lambda *a: calls.append(1) or numba_scan(*a)
+    )
+    args = _inputs(1, 4, 2, 5)
+    assert torch.equal(selective_scan(**args), selective_scan(**args, backend="numba"))
+    assert len(calls) == 2
+
+
+def test_without_numba_auto_falls_back_to_chunked_and_numba_warns(monkeypatch):
+    monkeypatch.setattr(scan_module, "_numba_module", lambda: None)
+    args = _inputs(1, 4, 2, 5)
+    expected = selective_scan(**args, backend="chunked")
+    assert torch.equal(selective_scan(**args), expected)
+    with pytest.warns(RuntimeWarning, match="pip install numba"):
+        assert torch.equal(selective_scan(**args, backend="numba"), expected)
+
+
+def test_numba_rejects_non_cpu_tensors():
+    args = {k: v.to("meta") for k, v in _inputs(1, 4, 2, 5).items()}
+    with pytest.raises(ValueError, match="CPU tensors only"):
+        selective_scan(**args, backend="numba")
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_gradients_with_large_dt_match_float64_oracle(backend):
+    # dt up to 20: most chunks take the chunked backend's per-step guard, and numba's decays underflow to 0
+    args = _inputs(1, 8, 4, 37, groups=2, dt_scale=20.0)
+    weight = torch.randn(1, 8, 37)
+
+    def grads(tensors, backend):
+        tensors = {k: v.detach().requires_grad_() for k, v in tensors.items()}
+        out = selective_scan(**tensors, backend=backend)
+        return dict(zip(tensors, torch.autograd.grad((out * weight.to(out.dtype)).sum(), list(tensors.values()))))
+
+    got = grads(args, backend)
+    expected = grads({k: v.double() for k, v in args.items()}, "reference")
+    for name in args:
+        assert torch.isfinite(got[name]).all(), name
+        assert _rel_err(got[name], expected[name]) < 1e-4, name
+
+
+def test_scan_backend_context_sets_the_default_and_is_restored():
+    args = _inputs(1, 4, 2, 9)
+    expected = selective_scan(**args, backend="reference")
+    with scan_backend("reference"):
+        inside = selective_scan(**args)
+        with pytest.raises(ValueError, match="unknown selective-scan backend"), scan_backend("gpu"):
+            pass
+    torch.testing.assert_close(inside, expected, rtol=0, atol=0)  # the reference loop ran, bit for bit
+    with pytest.raises(ValueError, match="needs CUDA tensors"), scan_backend("triton"):
+        selective_scan(**args)

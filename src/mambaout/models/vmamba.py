@@ -265,7 +265,6 @@ class SS2D(nn.Module):
         conv_kernel: int,
         conv_bias: bool,
         gate: bool,
-        scan_backend: str = "auto",
         dt_min: float = 0.001,
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
@@ -276,7 +275,6 @@ class SS2D(nn.Module):
         self.gate = gate
         self.d_state = d_state
         self.dt_rank = math.ceil(dim / 16) if dt_rank is None else dt_rank
-        self.scan_backend = scan_backend
         k = NUM_DIRECTIONS
 
         self.in_proj = layout.linear(dim, 2 * inner if gate else inner, bias=False)
@@ -328,7 +326,6 @@ class SS2D(nn.Module):
             _at_least_fp32(self.D),
             delta_bias=_at_least_fp32(self.dt_proj_bias).reshape(-1),
             delta_softplus=True,
-            backend=self.scan_backend,
         )
         return cross_merge(ys.view(batch, NUM_DIRECTIONS, inner, length), height, width).to(x.dtype)
 
@@ -357,7 +354,7 @@ class Mlp(nn.Module):
 class VSSBlock(nn.Module):
     """x + SS2D(norm1(x)), then x + MLP(norm2(x)) where the version has an MLP branch."""
 
-    def __init__(self, dim: int, version: VMambaVersion, layout: Layout, drop_path: float, scan_backend: str):
+    def __init__(self, dim: int, version: VMambaVersion, layout: Layout, drop_path: float):
         super().__init__()
         self.norm1 = layout.norm(dim)
         self.mixer = SS2D(
@@ -369,7 +366,6 @@ class VSSBlock(nn.Module):
             conv_kernel=version.conv_kernel,
             conv_bias=version.conv_bias,
             gate=version.gate,
-            scan_backend=scan_backend,
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.has_mlp = version.mlp_ratio > 0
@@ -427,7 +423,6 @@ class VMamba(nn.Module):
         in_chans: int = 3,
         num_classes: int = 1000,
         drop_path_rate: float = 0.0,
-        scan_backend: str = "auto",
     ):
         super().__init__()
         if len(depths) != len(dims):
@@ -450,7 +445,7 @@ class VMamba(nn.Module):
             if i > 0:
                 stride *= 2
             downsample = downsample_cls(dims[i - 1], dim, layout) if i > 0 else nn.Identity()
-            blocks = [VSSBlock(dim, version, layout, next(drop_paths), scan_backend) for _ in range(depth)]
+            blocks = [VSSBlock(dim, version, layout, next(drop_paths)) for _ in range(depth)]
             stages.append(VMambaStage(downsample, blocks))
             self.feature_info.append(dict(num_chs=dim, reduction=stride, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)

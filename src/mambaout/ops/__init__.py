@@ -1,5 +1,5 @@
 """Numeric kernels."""
 
-from .selective_scan import selective_scan
+from .selective_scan import BACKENDS, scan_backend, selective_scan
 
-__all__ = ["selective_scan"]
+__all__ = ["BACKENDS", "scan_backend", "selective_scan"]

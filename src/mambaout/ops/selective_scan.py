@@ -1,19 +1,100 @@
 """Selective scan (S6) with mamba_ssm's ``selective_scan_fn`` semantics, as a torch custom op.
 
 The default path goes through ``torch.ops.mambaout.selective_scan`` so that ``FlopCounterMode`` counts the scan with
-the Mamba authors' formula and ``torch.compile`` sees one opaque op; its backward is a second opaque op that
-recomputes the chunked forward under autograd.
+the Mamba authors' formula and ``torch.compile`` sees one opaque op; its backward is a second opaque op.
+
+Backends: ``triton`` (CUDA default: Triton kernels, see ``_scan_triton``), ``numba`` (CPU default: fused kernels,
+forward and a recomputing reverse scan, see ``_scan_numba``),
+``chunked`` (portable pure PyTorch; its backward recomputes one chunk at a time under autograd), ``reference``
+(per-step loop, the float64 oracle, plain autograd, not the custom op). ``auto`` picks ``triton`` for CUDA tensors,
+``numba`` for CPU tensors when numba is importable, and ``chunked`` otherwise.
 """
+
+import contextlib
+import functools
+import warnings
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from ._scan_chunked import selective_scan_chunked
+from ._scan_chunked import selective_scan_chunked, selective_scan_chunked_backward
 from ._scan_common import compute_dtype, validate
 from ._scan_reference import selective_scan_reference
 
-BACKENDS = ("auto", "chunked", "reference")
+BACKENDS = ("auto", "chunked", "numba", "triton", "reference")
+# The backend of calls that name none; `scan_backend(...)` sets it for a block of code (e.g. a whole model).
+_context_backend: ContextVar[str] = ContextVar("mambaout_scan_backend", default="auto")
+
+
+@contextlib.contextmanager
+def scan_backend(name: str | None) -> Iterator[None]:
+    """Run every `selective_scan` call that names no backend with `name` inside the block (None: unchanged)."""
+    if name is None:
+        yield
+        return
+    if name not in BACKENDS:
+        raise ValueError(f"unknown selective-scan backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    token = _context_backend.set(name)
+    try:
+        yield
+    finally:
+        _context_backend.reset(token)
+
+
+@functools.cache
+def _triton_module():
+    """The Triton backend module, or None when triton is not importable."""
+    try:
+        from . import _scan_triton
+    except ImportError:
+        return None
+    return _scan_triton if _scan_triton.triton is not None else None
+
+
+@functools.cache
+def _numba_module():
+    """The numba backend module, or None when numba is not importable (the backend then falls back to chunked)."""
+    try:
+        from . import _scan_numba
+    except ImportError:
+        return None
+    return _scan_numba
+
+
+def _triton_ready(u: Tensor) -> bool:
+    return _triton_module() is not None and _triton_module().is_available(u.device)
+
+
+def _resolve(backend: str, u: Tensor) -> str:
+    """The kernel the custom op runs: "triton" (CUDA default), "numba" (CPU default) or "chunked" (anywhere)."""
+    if backend == "chunked":
+        return backend
+    if backend == "triton":
+        if not _triton_ready(u):
+            raise ValueError(
+                f"the triton selective-scan backend needs CUDA tensors and triton (or TRITON_INTERPRET=1 on CPU), "
+                f"got device {u.device}"
+            )
+        return backend
+    if backend == "auto" and u.device.type == "cuda" and _triton_ready(u):
+        return "triton"
+    on_cpu = u.device.type == "cpu"
+    if backend == "numba":
+        if not on_cpu:
+            raise ValueError(f"the numba selective-scan backend runs on CPU tensors only, got device {u.device}")
+        if _numba_module() is None:
+            warnings.warn(
+                "selective_scan backend 'numba' requested but numba is not importable (pip install numba): "
+                "falling back to the slower 'chunked' backend",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return "chunked"
+        return backend
+    return "numba" if on_cpu and _numba_module() is not None else "chunked"
 
 
 @torch.library.custom_op("mambaout::selective_scan", mutates_args=())
@@ -28,12 +109,18 @@ def _scan_op(
     delta_bias: Tensor | None,
     delta_softplus: bool,
     chunk_size: int,
+    kernel: str = "chunked",
 ) -> tuple[Tensor, Tensor]:
+    if kernel == "numba":
+        return _numba_module().selective_scan_numba(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if kernel == "triton":
+        out, state, _ = _triton_module().triton_scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return out, state
     return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
 
 
 @_scan_op.register_fake
-def _scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
+def _scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, kernel="chunked"):
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     return u.new_empty(u.shape), u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=dtype)
 
@@ -52,35 +139,37 @@ def _scan_backward_op(
     delta_bias: Tensor | None,
     delta_softplus: bool,
     chunk_size: int,
+    kernel: str = "chunked",
 ) -> list[Tensor]:
     """Gradients for (u, delta, A, B, C, D, z, delta_bias); an absent optional input gets an empty tensor."""
     inputs = (u, delta, A, B, C, D, z, delta_bias)
-    slots = [i for i, t in enumerate(inputs) if t is not None]
-
-    def forward(*present: Tensor) -> tuple[Tensor, Tensor]:
-        args = list(inputs)
-        for i, t in zip(slots, present):
-            args[i] = t
-        return selective_scan_chunked(*args, delta_softplus, chunk_size)
-
-    # torch.func.vjp rather than torch.autograd.grad: a custom op's kernel runs with the autograd keys excluded,
-    # which functorch's transforms re-enable for their own level
-    _, vjp = torch.func.vjp(forward, *[inputs[i] for i in slots])
-    grads = dict(zip(slots, vjp((grad_out, grad_state))))
-    return [grads[i] if i in grads else u.new_empty(0) for i in range(len(inputs))]
+    if kernel == "numba":
+        grads = _numba_module().selective_scan_numba_backward(grad_out, grad_state, *inputs, delta_softplus)
+    elif kernel == "triton":
+        # The state checkpoints are recomputed rather than kept from the forward: one more forward pass,
+        # no extra op output to carry through autograd.
+        triton = _triton_module()
+        _, _, checkpoints = triton.triton_scan_forward(*inputs, delta_softplus)
+        grads = triton.triton_scan_backward(grad_out, grad_state, *inputs, delta_softplus, checkpoints)
+    else:
+        grads = selective_scan_chunked_backward(grad_out, grad_state, *inputs, delta_softplus, chunk_size)
+    return [u.new_empty(0) if g is None else g for g in grads]
 
 
 @_scan_backward_op.register_fake
-def _scan_backward_fake(grad_out, grad_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
+def _scan_backward_fake(
+    grad_out, grad_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, kernel="chunked"
+):
     return [torch.empty_like(t) if t is not None else u.new_empty(0) for t in (u, delta, A, B, C, D, z, delta_bias)]
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, delta_softplus, chunk_size = inputs
+    *tensors, delta_softplus, chunk_size, kernel = inputs
     ctx.present = [t is not None for t in tensors]
     ctx.save_for_backward(*[t for t in tensors if t is not None])
     ctx.delta_softplus = delta_softplus
     ctx.chunk_size = chunk_size
+    ctx.kernel = kernel
 
 
 def _backward(ctx, grad_out, grad_state):
@@ -93,8 +182,8 @@ def _backward(ctx, grad_out, grad_state):
     if grad_state is None:
         dtype = compute_dtype(*tensors)
         grad_state = u.new_zeros((u.shape[0], u.shape[1], A.shape[1]), dtype=dtype)
-    grads = _scan_backward_op(grad_out, grad_state, *tensors, ctx.delta_softplus, ctx.chunk_size)
-    return (*[g if p else None for g, p in zip(grads, ctx.present)], None, None)
+    grads = _scan_backward_op(grad_out, grad_state, *tensors, ctx.delta_softplus, ctx.chunk_size, ctx.kernel)
+    return (*[g if p else None for g, p in zip(grads, ctx.present)], None, None, None)
 
 
 _scan_op.register_autograd(_backward, setup_context=_setup_context)
@@ -127,10 +216,14 @@ def selective_scan(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
-    backend: str = "auto",
+    backend: str | None = None,
     chunk_size: int = 16,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """mamba_ssm's ``selective_scan_fn``: out (u's dtype), plus the last state (batch, dim, N) if asked."""
+    """mamba_ssm's ``selective_scan_fn``: out (u's dtype), plus the last state (batch, dim, N) if asked.
+
+    ``backend=None`` takes the one set by `scan_backend(...)`, else "auto". ``chunk_size`` only affects ``chunked``.
+    """
+    backend = backend or _context_backend.get()
     if backend not in BACKENDS:
         raise ValueError(f"unknown selective-scan backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -138,6 +231,9 @@ def selective_scan(
     validate(u, delta, A, B, C, D, z, delta_bias)
     if backend == "reference":
         out, state = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    else:  # "auto" and "chunked": the chunked form through the custom op
-        out, state = torch.ops.mambaout.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
+    else:
+        kernel = _resolve(backend, u)
+        out, state = torch.ops.mambaout.selective_scan(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, kernel
+        )
     return (out, state) if return_last_state else out
