@@ -30,17 +30,12 @@ from timm.layers import (
     resample_abs_pos_embed,
     trunc_normal_,
 )
-from timm.models import checkpoint_seq
-from timm.models._features import feature_take_indices
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..ops.selective_scan import selective_scan
 from ..registry import ModelSpec, Published, pretrained_cfg, register_model
+from ._token_model import GLOBAL_POOLS, TokenModel
 
-# "token": the middle class token's final state (the official read-out). "avg": the mean of the patch tokens.
-GLOBAL_POOLS = ("token", "avg")
-OUTPUT_FMTS = ("NCHW", "NLC")
 # Mamba marks these `_no_weight_decay`; VisionMamba.no_weight_decay adds the position embedding and class token.
 _SSM_NO_DECAY = ("A_log", "A_b_log", "D", "D_b")
 
@@ -217,7 +212,7 @@ class Block(nn.Module):
         return x + self.drop_path(self.mixer(self.norm(x)))
 
 
-class VisionMamba(nn.Module):
+class VisionMamba(TokenModel):
     """Vim with timm's model API; features are tokens (B, H*W + 1, C) after the final norm, the class token at
     index H*W // 2 (see `patch_tokens`)."""
 
@@ -245,11 +240,7 @@ class VisionMamba(nn.Module):
         self.in_chans = in_chans
         self.global_pool = global_pool
         self.patch_size = patch_size
-        # One extra (class) token; timm calls this count num_prefix_tokens, but here it sits in the middle.
-        self.num_prefix_tokens = 1
-        self.output_fmt = "NLC"
         self.num_features = self.head_hidden_size = embed_dim
-        self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(
             img_size=img_size,
@@ -263,6 +254,7 @@ class VisionMamba(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)  # the official code spends drop_rate here, not before the head
+        self.head_drop = nn.Identity()
         # the head is registered before the blocks so that state_dict keys come in the official order
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         drop_paths = calculate_drop_path_rates(drop_path_rate, depth)  # linspace(0, rate, depth), as the official dpr
@@ -290,14 +282,6 @@ class VisionMamba(nn.Module):
         ssm = {name for name, _ in self.named_parameters() if name.rsplit(".", 1)[-1] in _SSM_NO_DECAY}
         return {"pos_embed", "cls_token"} | ssm
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
             if global_pool not in GLOBAL_POOLS:
@@ -309,6 +293,12 @@ class VisionMamba(nn.Module):
             self._init_head()
         else:
             self.head = nn.Identity()
+
+    def cls_token_index(self, num_patches: int) -> int:
+        # The official read-out is this middle token: despite "final_pool_mean" in the model names,
+        # VisionMamba.forward_features returns hidden_states[:, M // 2] whenever if_cls_token and
+        # use_middle_cls_token are set, before its final_pool_type branch is reached.
+        return cls_token_index(num_patches)
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch tokens with the class token inserted in the middle and the position embedding added (float32)."""
@@ -325,65 +315,6 @@ class VisionMamba(nn.Module):
         x = torch.cat((x[:, :index], self.cls_token.expand(x.shape[0], -1, -1), x[:, index:]), dim=1)
         pos_embed = resample_mid_cls_pos_embed(self.pos_embed, new_size=grid, old_size=self.grid_size)
         return _at_least_fp32(self.pos_drop(x + pos_embed)), grid
-
-    def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H*W + 1, C) tokens -> the (B, H*W, C) patch tokens in raster order (the middle class token removed)."""
-        index = cls_token_index(x.shape[1] - 1)
-        return torch.cat((x[:, :index], x[:, index + 1 :]), dim=1)
-
-    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, x, use_reentrant=False)
-        return block(x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x, _ = self._embed(x)
-        checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
-        x = checkpoint_seq(self.blocks, x) if checkpointed else self.blocks(x)
-        return self.norm(x)
-
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
-        if self.global_pool == "avg":
-            return self.patch_tokens(x).mean(dim=1)
-        # The official read-out. Despite "final_pool_mean" in the model names, VisionMamba.forward_features returns
-        # `hidden_states[:, token_position, :]` (token_position = M // 2) whenever if_cls_token and
-        # use_middle_cls_token are set, before its final_pool_type branch is ever reached.
-        return x[:, cls_token_index(x.shape[1] - 1)]
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.pool(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Block outputs (timm semantics: int = last n blocks, None = all), patch tokens only (class token removed).
-
-        `norm` applies the final RMSNorm to each; NCHW maps are the patch tokens laid back on their grid.
-        """
-        if output_fmt not in OUTPUT_FMTS:
-            raise ValueError(f"output_fmt must be one of {OUTPUT_FMTS}, got {output_fmt!r}")
-        take, last = feature_take_indices(len(self.blocks), indices)
-        x, (grid_h, grid_w) = self._embed(x)
-        blocks = self.blocks[: last + 1] if stop_early else self.blocks
-        intermediates = []
-        for i, block in enumerate(blocks):
-            x = self._run_block(block, x)
-            if i in take:
-                tokens = self.patch_tokens(self.norm(x) if norm else x)
-                if output_fmt == "NCHW":
-                    tokens = tokens.reshape(x.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous()
-                intermediates.append(tokens)
-        return intermediates if intermediates_only else (self.norm(x), intermediates)
 
 
 _HF_URL = "https://huggingface.co/hustvl/{}/resolve/main/{}.pth"

@@ -14,17 +14,10 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, PatchEmbed, calculate_drop_path_rates, resample_abs_pos_embed, trunc_normal_
-from timm.models import checkpoint_seq
-from timm.models._features import feature_take_indices
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..registry import ModelSpec, Published, pretrained_cfg, register_model
-
-# "token": the class token's final state (DeiT). "avg": the mean of the patch tokens (the class token excluded,
-# as timm's global_pool="avg" does).
-GLOBAL_POOLS = ("token", "avg")
-OUTPUT_FMTS = ("NCHW", "NLC")
+from ._token_model import GLOBAL_POOLS, TokenModel
 
 
 class Attention(nn.Module):
@@ -87,7 +80,7 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(TokenModel):
     """ViT with a class token and timm's model API; features are tokens (B, 1 + H*W, C) after the final norm."""
 
     def __init__(
@@ -125,10 +118,7 @@ class VisionTransformer(nn.Module):
         self.global_pool = global_pool
         self.causal = causal
         self.patch_size = patch_size
-        self.num_prefix_tokens = 1
-        self.output_fmt = "NLC"
         self.num_features = self.head_hidden_size = embed_dim
-        self.grad_checkpointing = False
 
         # strict_img_size=False: any size divisible by the patch size; NHWC output keeps the grid shape for
         # resizing the position embedding and for reshaping intermediates.
@@ -182,14 +172,6 @@ class VisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
             if global_pool not in GLOBAL_POOLS:
@@ -201,6 +183,9 @@ class VisionTransformer(nn.Module):
             self._init_linear(self.head)
         else:
             self.head = nn.Identity()
+
+    def cls_token_index(self, num_patches: int) -> int:
+        return 0  # DeiT's class token comes first
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch tokens with the class token prepended and the position embedding (resized to the grid) added."""
@@ -218,61 +203,6 @@ class VisionTransformer(nn.Module):
         )
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x.flatten(1, 2)), dim=1)
         return x + pos_embed, grid
-
-    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, x, use_reentrant=False)
-        return block(x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x, _ = self._embed(x)
-        checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
-        x = checkpoint_seq(self.blocks, x) if checkpointed else self.blocks(x)
-        return self.norm(x)
-
-    def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, prefix + H*W, C) tokens -> the (B, H*W, C) patch tokens in raster order."""
-        return x[:, self.num_prefix_tokens :]
-
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
-        if self.global_pool == "avg":
-            return self.patch_tokens(x).mean(dim=1)
-        return x[:, 0]
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(self.pool(x))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Block outputs (timm semantics: int = last n blocks, None = all), patch tokens only.
-
-        `norm` applies the final LayerNorm to each; NCHW maps are the patch tokens laid back on their grid.
-        """
-        if output_fmt not in OUTPUT_FMTS:
-            raise ValueError(f"output_fmt must be one of {OUTPUT_FMTS}, got {output_fmt!r}")
-        take, last = feature_take_indices(len(self.blocks), indices)
-        x, (grid_h, grid_w) = self._embed(x)
-        blocks = self.blocks[: last + 1] if stop_early else self.blocks
-        intermediates = []
-        for i, block in enumerate(blocks):
-            x = self._run_block(block, x)
-            if i in take:
-                tokens = self.patch_tokens(self.norm(x) if norm else x)
-                if output_fmt == "NCHW":
-                    tokens = tokens.reshape(x.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous()
-                intermediates.append(tokens)
-        return intermediates if intermediates_only else (self.norm(x), intermediates)
 
 
 # name: (architecture, published numbers, release weights)

@@ -1,0 +1,98 @@
+"""What DeiT and Vim share: a sequence of blocks over patch tokens plus one class token, with timm's model API.
+
+Subclasses build `blocks`, `norm`, `head`, `head_drop`, set `global_pool`, and define `_embed` (image -> tokens with
+the class token at `cls_token_index(...)` and the position embedding added) and `cls_token_index`.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.models import checkpoint_seq
+from timm.models._features import feature_take_indices
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+# "token": the class token's final state. "avg": the mean of the patch tokens (the class token excluded).
+GLOBAL_POOLS = ("token", "avg")
+OUTPUT_FMTS = ("NCHW", "NLC")
+
+
+class TokenModel(nn.Module):
+    output_fmt = "NLC"
+    num_prefix_tokens = 1  # one class token (timm's name, although Vim's sits in the middle)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad_checkpointing = False
+
+    def cls_token_index(self, num_patches: int) -> int:
+        """Where the class token sits among `num_patches` patch tokens."""
+        raise NotImplementedError
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Image -> (tokens with the class token and position embedding, patch grid (H, W))."""
+        raise NotImplementedError
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H*W + 1, C) tokens -> the (B, H*W, C) patch tokens in raster order (the class token removed)."""
+        index = self.cls_token_index(x.shape[1] - 1)
+        return torch.cat((x[:, :index], x[:, index + 1 :]), dim=1)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.global_pool == "avg":
+            return self.patch_tokens(x).mean(dim=1)
+        return x[:, self.cls_token_index(x.shape[1] - 1)]
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, _ = self._embed(x)
+        checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
+        x = checkpoint_seq(self.blocks, x) if checkpointed else self.blocks(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(self.pool(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Block outputs (timm semantics: int = last n blocks, None = all), patch tokens only.
+
+        `norm` applies the final norm to each; NCHW maps are the patch tokens laid back on their grid.
+        """
+        if output_fmt not in OUTPUT_FMTS:
+            raise ValueError(f"output_fmt must be one of {OUTPUT_FMTS}, got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.blocks), indices)
+        x, (grid_h, grid_w) = self._embed(x)
+        blocks = self.blocks[: last + 1] if stop_early else self.blocks
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = self._run_block(block, x)
+            if i in take:
+                tokens = self.patch_tokens(self.norm(x) if norm else x)
+                if output_fmt == "NCHW":
+                    tokens = tokens.reshape(x.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous()
+                intermediates.append(tokens)
+        return intermediates if intermediates_only else (self.norm(x), intermediates)
