@@ -29,7 +29,7 @@ SSM_FAMILIES = ("vmamba", "vim")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["mambaout_tiny", "vmamba_tiny", "vmamba2_tiny", "vim_tiny"])
-    parser.add_argument("--backends", nargs="+", default=[b for b in BACKENDS if b != "auto"])
+    parser.add_argument("--backends", nargs="+", default=[b for b in BACKENDS if b not in ("auto", "triton")])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
