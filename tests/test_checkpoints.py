@@ -601,6 +601,20 @@ def test_pretrained_uses_the_cached_file_offline(hub, source, released_test_mode
     assert model.pretrained_cfg["url"] == OFFLINE_URL
 
 
+def test_pretrained_takes_the_ema_copy_where_the_release_cfg_says_so(
+    hub, source, other, released_test_model, monkeypatch
+):
+    """Release files whose published accuracy is their EMA model's load 'model_ema'; others, and user files, 'model'."""
+    hub.mkdir(parents=True)
+    release = hub / "mambaout_test.in1k.pth"
+    torch.save({"model": other[0], "model_ema": source[0]}, release)
+    assert torch.equal(logits(create_model(TEST, pretrained=True)), other[1])  # cfg without use_ema
+    monkeypatch.setitem(released_test_model, "use_ema", True)
+    assert torch.equal(logits(create_model(TEST, pretrained=True)), source[1])
+    assert torch.equal(logits(create_model(TEST, pretrained=True, use_ema=False)), other[1])
+    assert torch.equal(logits(create_model(TEST, checkpoint=release)), other[1])  # a file given by path
+
+
 def test_pretrained_without_cache_or_network(hub, released_test_model):
     with pytest.raises(PretrainedUnavailableError) as info:
         create_model(TEST, pretrained=True)

@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint", help="weights file (.pth/.pt/.bin/.safetensors, official or ours)")
     weights.add_argument("--pretrained", action="store_true", help="the release weights (downloaded once)")
-    p.add_argument("--use-ema", action="store_true", help="take the EMA weights of a training checkpoint")
+    p.add_argument("--use-ema", action="store_true", default=None, help="take the EMA weights of a training checkpoint")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: the model's)")

@@ -26,16 +26,19 @@ def create_model(
     checkpoint: str | os.PathLike | None = None,
     num_classes: int | None = None,
     drop_path_rate: float | None = None,
-    use_ema: bool = False,
+    use_ema: bool | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """Build a registered model; load release weights (`pretrained`) or a file of any known layout (`checkpoint`).
 
     With weights and no `num_classes`, the classifier takes the checkpoint's size; with a different
-    `num_classes`, the backbone is loaded and a new classifier initialised.
+    `num_classes`, the backbone is loaded and a new classifier initialised. `use_ema=None` takes a training
+    file's EMA weights only for release files whose published accuracy is the EMA model's (cfg `use_ema`).
     """
     spec = get_model_spec(name)
     cfg = copy.deepcopy(spec.pretrained_cfg)
+    if use_ema is None:  # release weights: the EMA copy where that is what the published accuracy measured
+        use_ema = bool(pretrained and checkpoint is None and cfg.get("use_ema"))
     weights: Weights | None = None
     if checkpoint is not None:
         weights = read_weights(checkpoint, spec.family, use_ema=use_ema)

@@ -534,7 +534,8 @@ class VMamba(nn.Module):
 
 _RELEASE = "https://github.com/MzeroMiko/VMamba/releases/download/{}"
 # Params (M) and GMACs as published (rounded; counted with the head and the mamba#110 scan formula); top-1 as
-# published, which for the files marked "EMA weights" is the accuracy of their 'model_ema' entry (use_ema=True).
+# published, which for the files marked "EMA weights" is the accuracy of their 'model_ema' entry: their cfg says
+# use_ema=True, so pretrained=True loads that entry (falling back to 'model' if a file has none).
 _README = "MzeroMiko/VMamba README.md / assets/performance.md @2ed52ea"
 
 VARIANTS: dict[str, tuple[dict, Published, dict]] = {
@@ -547,12 +548,12 @@ VARIANTS: dict[str, tuple[dict, Published, dict]] = {
     "vmamba_small": (
         dict(depths=(2, 2, 27, 2), dims=(96, 192, 384, 768), version=VMAMBA_V0),
         Published(44, 11.2, 83.5, _README + "; Vanilla-VMamba-S, EMA weights"),
-        dict(url=_RELEASE.format("%23v0cls/vssmsmall_dp03_ckpt_epoch_238.pth")),
+        dict(url=_RELEASE.format("%23v0cls/vssmsmall_dp03_ckpt_epoch_238.pth"), use_ema=True),
     ),
     "vmamba_base": (
         dict(depths=(2, 2, 27, 2), dims=(128, 256, 512, 1024), version=VMAMBA_V0),
         Published(76, 18.0, 83.7, _README + "; Vanilla-VMamba-B* (drop path 0.6), EMA weights"),
-        dict(url=_RELEASE.format("%23v0cls/vssmbase_dp06_ckpt_epoch_241.pth")),
+        dict(url=_RELEASE.format("%23v0cls/vssmbase_dp06_ckpt_epoch_241.pth"), use_ema=True),
     ),
     # official vmambav2v_*_224: the README's VMamba-T[s1l8], -S[s1l20], -B[s1l20]
     "vmamba2_tiny": (
@@ -574,17 +575,17 @@ VARIANTS: dict[str, tuple[dict, Published, dict]] = {
     "vmamba2_tiny_s2l5": (
         dict(depths=(2, 2, 5, 2), dims=(96, 192, 384, 768), version=VMAMBA_V2),
         Published(31, 4.9, 82.5, _README + "; VMamba-T[s2l5], EMA weights"),
-        dict(url=_RELEASE.format("%23v2cls/vssm_tiny_0230_ckpt_epoch_262.pth")),
+        dict(url=_RELEASE.format("%23v2cls/vssm_tiny_0230_ckpt_epoch_262.pth"), use_ema=True),
     ),
     "vmamba2_small_s2l5": (
         dict(depths=(2, 2, 15, 2), dims=(96, 192, 384, 768), version=VMAMBA_V2),
         Published(50, 8.7, 83.6, _README + "; VMamba-S[s2l15], EMA weights"),
-        dict(url=_RELEASE.format("%23v2cls/vssm_small_0229_ckpt_epoch_222.pth")),
+        dict(url=_RELEASE.format("%23v2cls/vssm_small_0229_ckpt_epoch_222.pth"), use_ema=True),
     ),
     "vmamba2_base_s2l5": (
         dict(depths=(2, 2, 15, 2), dims=(128, 256, 512, 1024), version=VMAMBA_V2),
         Published(89, 15.4, 83.9, _README + "; VMamba-B[s2l15], EMA weights"),
-        dict(url=_RELEASE.format("%23v2cls/vssm_base_0229_ckpt_epoch_237.pth")),
+        dict(url=_RELEASE.format("%23v2cls/vssm_base_0229_ckpt_epoch_237.pth"), use_ema=True),
     ),
     # A few narrow blocks of each layout: keeps registry-wide tests fast. No weights.
     "vmamba_test": (
