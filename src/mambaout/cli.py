@@ -10,11 +10,16 @@ from collections.abc import Sequence
 
 import torch
 
+from .analysis.benchmark import BenchmarkError
+from .analysis.erf import ERFError
 from .analysis.flops import model_flops
 from .analysis.transformer_flops import transformer_block_flops
 from .checkpoints import CheckpointError
+from .data.folder import DatasetError
 from .data.images import ImageReadError
-from .errors import InputSizeError
+from .engine.train_config import ConfigError
+from .engine.validate import DeviceError
+from .errors import InputSizeError, TrainingDivergedError
 from .registry import UnknownModelError, get_model_spec, list_models
 
 
@@ -22,7 +27,20 @@ class UsageError(ValueError):
     """Options that do not go together."""
 
 
-EXPECTED_ERRORS = (UnknownModelError, CheckpointError, InputSizeError, ImageReadError, FileNotFoundError, UsageError)
+EXPECTED_ERRORS = (
+    UnknownModelError,
+    CheckpointError,
+    InputSizeError,
+    ImageReadError,
+    FileNotFoundError,
+    UsageError,
+    DatasetError,
+    DeviceError,
+    ConfigError,
+    TrainingDivergedError,
+    ERFError,
+    BenchmarkError,
+)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -115,13 +133,139 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine.train import train
+    from .engine.train_config import TrainConfig, config_fields
+
+    options = {f.name: getattr(args, f.name) for f in config_fields()}
+    result = train(TrainConfig(**options))
+    if result.best_metric is not None:
+        print(f"best {args.eval_metric} {result.best_metric:.4f} at epoch {result.best_epoch}")
+    print(f"checkpoints and logs: {result.output_dir}")
+    return 0
+
+
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _add_train_arguments(p: argparse.ArgumentParser, config_defaults: dict | None) -> None:
+    """One option per TrainConfig field (help and defaults live there); `-c config.yaml` supplies defaults."""
+    from .engine.train_config import config_fields
+
+    p.add_argument("-c", "--config", help="YAML file of options (keys as the long options); the command line wins")
+    short = {"batch_size": ["-b"], "workers": ["-j"]}
+    for f in config_fields():
+        if f.name == "data_dir":
+            p.add_argument("data_dir", help=f.metadata["help"])
+            continue
+        flags = [*short.get(f.name, []), "--" + f.name.replace("_", "-")]
+        kind = str(f.type).replace(" | None", "")
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        if kind == "bool":  # --x / --no-x, except for options that are negative already (--no-aug)
+            action = "store_true" if f.name.startswith("no_") else argparse.BooleanOptionalAction
+            p.add_argument(*flags, dest=f.name, action=action, default=f.default, help=f.metadata["help"])
+        elif kind.startswith("list["):
+            item = _TYPES[kind[5:-1]]
+            p.add_argument(*flags, dest=f.name, type=item, nargs=f.metadata.get("nargs", "+"), default=f.default,
+                           help=help_text)  # fmt: skip
+        else:
+            p.add_argument(*flags, dest=f.name, type=_TYPES[kind], default=f.default, help=help_text)
+    if config_defaults:
+        p.set_defaults(**config_defaults)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .engine.validate import validate
+
+    if not (args.checkpoint or args.pretrained):
+        logging.getLogger("mambaout").warning(
+            "no --checkpoint or --pretrained: %s has random weights, its accuracy means nothing", args.model
+        )
+    result = validate(
+        args.data_dir,
+        args.model,
+        checkpoint=args.checkpoint,
+        pretrained=args.pretrained,
+        batch_size=args.batch_size,
+        split=args.split,
+        workers=args.workers,
+        device=args.device,
+        input_size=tuple(args.size) if args.size else None,
+        use_ema=args.use_ema,
+        precision=args.precision,
+        channels_last=args.channels_last,
+    )
+    if args.json:
+        print(json.dumps({"model": args.model, "data": args.data_dir, "split": args.split, **vars(result)}, indent=2))
+    else:
+        print(f"{args.model} on {args.data_dir} ({args.split}): {result.format()}")
+    return 0
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def cmd_erf(args: argparse.Namespace) -> int:
+    from .analysis.erf import save_erf
+    from .factory import create_model
+
+    if not (args.checkpoint or args.pretrained):
+        logging.getLogger("mambaout").warning(
+            "no --checkpoint or --pretrained: %s has random weights, its ERF is an untrained network's", args.model
+        )
+    model = create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, use_ema=args.use_ema)
+    report = save_erf(
+        model,
+        args.out or f"erf_{args.model}.png",
+        images=args.images,
+        size=tuple(args.size) if args.size else None,
+        num_images=args.num_images,
+        stage=args.stage,
+        device=args.device,
+    )
+    print(report.format())
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .analysis.benchmark import format_table, run_benchmark
+
+    result = run_benchmark(
+        args.models,
+        args.sizes,
+        batch=args.batch,
+        precision=args.precision,
+        mode=args.mode,
+        device=args.device,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        timeout=args.timeout,
+        scan_backend=args.scan_backend,
+        threads=args.threads,
+        memory_limit_mb=args.memory_limit,
+        out=args.out,
+    )
+    print(format_table(result))
+    print("wrote " + ", ".join(str(path) for path in result.files))
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .apps.quickstart import run_quickstart
 
     return run_quickstart(args.out)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mambaout", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -155,6 +299,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("train", help="train on a folder dataset with the official recipe (torchrun for DDP)")
+    _add_train_arguments(p, train_defaults)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("validate", help="top-1/top-5 accuracy on DATA_DIR/<split>/<class>/<images> (ImageNet layout)")
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("--model", required=True, help="registered model name (see `mambaout models`)")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint", help="weights file (.pth/.pt/.bin/.safetensors, official or ours)")
+    weights.add_argument("--pretrained", action="store_true", help="the release weights (downloaded once)")
+    p.add_argument("--use-ema", action="store_true", default=None, help="take the EMA weights of a training checkpoint")
+    p.add_argument("-b", "--batch-size", type=_count(1), default=64)
+    p.add_argument("--split", default="val", help="the folder under DATA_DIR to evaluate")
+    p.add_argument("--workers", type=_count(0), default=4, help="data loading processes")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)")
+    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: the model's)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("erf", help="effective receptive field heat map (RepLKNet's method) as PNG + .npy")
+    p.add_argument("model")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint", help="weights file (.pth/.pt/.bin/.safetensors, official or ours)")
+    weights.add_argument("--pretrained", action="store_true", help="the release weights (downloaded once)")
+    p.add_argument("--use-ema", action="store_true", default=None, help="take the EMA weights of a training checkpoint")
+    p.add_argument("--images", metavar="DIR", help="folder of images (default: generated ones)")
+    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: the model's)")
+    p.add_argument("--num-images", type=_count(1), default=50, metavar="N", help="images to average over")
+    p.add_argument("--stage", type=int, default=-1, metavar="INDEX", help="feature map (stage, or block of DeiT/Vim)")
+    p.add_argument("--out", metavar="FILE.png", help="heat map path; the raw map goes beside it as .npy")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.set_defaults(func=cmd_erf)
+
+    p = sub.add_parser("benchmark", help="images/s, latency and peak memory per model and size, side by side")
+    p.add_argument("--models", nargs="+", required=True, help="registered names, or timm:<name> for timm baselines")
+    p.add_argument("--sizes", nargs="+", type=_count(1), default=[224], metavar="SIZE", help="square input sides")
+    p.add_argument("--batch", type=_count(1), default=1)
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--mode", choices=["infer", "train"], default="infer", help="train: forward, backward, AdamW step")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (compilation is in the warm-up)")
+    p.add_argument("--repeats", type=_count(1), default=5, help="timed batches per case (median, min/max, IQR)")
+    p.add_argument("--warmup", type=_count(0), default=2, help="untimed batches first")
+    p.add_argument("--timeout", type=float, default=600, metavar="S", help="seconds per case before it is killed")
+    p.add_argument("--threads", type=_count(1), help="CPU threads (default: torch's, one per core)")
+    p.add_argument("--scan-backend", default="auto", help="selective-scan backend of the SSM models")
+    p.add_argument("--memory-limit", type=float, metavar="MB", help="most memory a case may add (emulates less)")
+    p.add_argument("--out", default="benchmark_results", help="folder for results.json, results.csv and PNGs")
+    p.set_defaults(func=cmd_benchmark)
+
     p = sub.add_parser("quickstart", help="a tour on generated data, no download needed")
     p.add_argument("--out", default="quickstart_output")
     p.set_defaults(func=cmd_quickstart)
@@ -163,6 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "train" and args.config:  # the file's options become defaults: explicit flags still win
+        from .engine.train_config import ConfigError, read_config_file
+
+        try:
+            args = build_parser(read_config_file(args.config)).parse_args(argv)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr
     )

@@ -1,7 +1,7 @@
 """Checkpoint files: safe reading, official-layout conversion, release downloads, strict loading."""
 
 from .download import PretrainedUnavailableError, cache_dir, fetch_pretrained
-from .files import CheckpointError, read_checkpoint, read_metadata, write_safetensors
+from .files import CheckpointError, atomic_write, read_checkpoint, read_metadata, write_safetensors
 from .layouts import CONVERTERS, to_our_layout, unwrap
 from .loading import CheckpointMismatchError, Weights, check_fits, load_weights, read_weights, save_weights
 
@@ -11,6 +11,7 @@ __all__ = [
     "CheckpointMismatchError",
     "PretrainedUnavailableError",
     "Weights",
+    "atomic_write",
     "cache_dir",
     "check_fits",
     "fetch_pretrained",

@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,20 +99,45 @@ def _pickle_error(e: BaseException) -> str:
     return found.group(1).strip() if found else _first_line(e)
 
 
-def write_safetensors(
-    state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, Any] | None = None
-) -> Path:
-    """Write tensors atomically (temporary file + rename); metadata values are JSON-encoded when not str."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    A reader (or a run resumed after a crash at any instant) sees the old file or the complete new one, never a
+    half-written one; the directory is fsynced too so the rename itself survives a power cut.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_directory(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories; the rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_safetensors(
+    state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write tensors atomically (see atomic_write); metadata values are JSON-encoded when not str."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))

@@ -43,7 +43,10 @@ def read_weights(path: str | os.PathLike, family: str, use_ema: bool = False) ->
     class_names = json.loads(metadata["class_names"]) if "class_names" in metadata else None
     if class_names is None and isinstance(obj.get("class_names"), list):
         class_names = obj["class_names"]
-    return Weights(state_dict, str(path), metadata.get("model_name"), class_names)
+    model_name = metadata.get("model_name")
+    if model_name is None and isinstance(obj.get("model_name"), str):  # our training checkpoints (.pth)
+        model_name = obj["model_name"]
+    return Weights(state_dict, str(path), model_name, class_names)
 
 
 def load_weights(model: nn.Module, weights: Weights, classifier: str) -> None:

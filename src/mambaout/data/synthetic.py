@@ -122,10 +122,14 @@ def write_dataset(
     size: int = 64,
     seed: int = 0,
     classes: tuple[str, ...] = tuple(CLASSES),
+    test_per_class: int = 0,
 ) -> Path:
-    """Write root/{train,val}/<class>/<n>.png; seeds never repeat across splits."""
+    """Write root/{train,val[,test]}/<class>/<n>.png; seeds never repeat across splits."""
     root = Path(root)
-    for split, count, offset in (("train", train_per_class, 0), ("val", val_per_class, train_per_class)):
+    splits = [("train", train_per_class, 0), ("val", val_per_class, train_per_class)]
+    if test_per_class:
+        splits.append(("test", test_per_class, train_per_class + val_per_class))
+    for split, count, offset in splits:
         for class_index, name in enumerate(classes):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)

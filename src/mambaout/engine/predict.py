@@ -12,6 +12,7 @@ from torch import nn
 
 from ..data.images import ImageReadError, open_rgb
 from ..errors import check_input_size
+from .inference import InferenceModel, prepare_for_inference
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,32 @@ def predict_files(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     input_size: tuple[int, int] | None = None,
+    precision: str = "fp32",
+    channels_last: bool | str = "auto",
+    fold_norms: bool = True,
+    compile: bool = False,
 ) -> tuple[list[Prediction], list[ImageReadError]]:
-    """Predict every readable file; unreadable ones are returned as errors, in input order, not raised."""
+    """Predict every readable file; unreadable ones are returned as errors, in input order, not raised.
+
+    The model runs through `prepare_for_inference` (on a copy; yours is untouched): the defaults are exact (fp32,
+    folded norms, channels-last for conv networks); precision='auto' adds bf16 autocast where the hardware has it
+    and compile=True torch.compile (worth its compile time for many images). An InferenceModel is used as it is.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     transform = eval_transform(model, input_size)
     names = class_names(model)
     topk = max(1, min(topk, len(names)))
-    model = model.eval().to(device)
+    if not isinstance(model, InferenceModel):
+        model = prepare_for_inference(
+            model,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
+            compile=compile,
+            fold_norms=fold_norms,
+            input_size=input_size,
+        )
     predictions, errors = [], []
     for chunk in _batches([os.fspath(p) for p in paths], batch_size):
         tensors, good = [], []
@@ -79,7 +100,11 @@ def predict_files(
                 errors.append(e)
         if not tensors:
             continue
-        probs = model(torch.stack(tensors).to(device)).float().softmax(dim=-1)
+        batch = torch.stack(tensors)
+        if model.compiled is not None and len(tensors) < batch_size:
+            # one batch shape: a short last batch would otherwise recompile the whole model
+            batch = torch.cat((batch, batch[-1:].expand(batch_size - len(tensors), *batch.shape[1:])))
+        probs = model(batch.to(device))[: len(tensors)].float().softmax(dim=-1)
         values, indices = probs.topk(topk, dim=-1)
         for path, vals, idxs in zip(good, values.tolist(), indices.tolist()):
             predictions.append(Prediction(path, [Guess(i, names[i], v) for v, i in zip(vals, idxs)]))

@@ -104,7 +104,10 @@ class GatedCNNBlock(nn.Module):
         shortcut = x
         gate, identity, conv = torch.split(self.fc1(self.norm(x)), self.split_sizes, dim=-1)
         conv = _nhwc(self.conv(_nchw(conv)))
-        x = self.fc2(self.act(gate) * torch.cat((identity, conv), dim=-1))
+        # conv_ratio 1 (every official model) leaves no identity part: concatenating nothing would copy the conv
+        # output, about a tenth of the block's time on CPU
+        mixed = torch.cat((identity, conv), dim=-1) if self.split_sizes[1] else conv
+        x = self.fc2(self.act(gate) * mixed)
         return shortcut + self.drop_path(self.ls(x))
 
 
