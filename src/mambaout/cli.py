@@ -262,7 +262,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .apps.quickstart import run_quickstart
 
-    return run_quickstart(args.out)
+    changes = {"epochs": args.epochs} if args.epochs else {}
+    print(run_quickstart(args.out, **changes).format())
+    return 0
 
 
 def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
@@ -352,8 +354,9 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmark_results", help="folder for results.json, results.csv and PNGs")
     p.set_defaults(func=cmd_benchmark)
 
-    p = sub.add_parser("quickstart", help="a tour on generated data, no download needed")
-    p.add_argument("--out", default="quickstart_output")
+    p = sub.add_parser("quickstart", help="generate a dataset, train a small MambaOut on it, validate, predict")
+    p.add_argument("--out", default="quickstart_output", help="folder for the data, checkpoints and logs")
+    p.add_argument("--epochs", type=int, help="training epochs (default: configs/quickstart.yaml's)")
     p.set_defaults(func=cmd_quickstart)
     return parser
 

@@ -63,7 +63,7 @@ def plot_memory(rows: Sequence[dict[str, Any]], meta: dict[str, Any], path: Path
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     peak_ax, increase_ax = fig.subplots(1, 2)
     _plot_lines(peak_ax, rows, "peak_memory_mb", f"{kind} (MiB)")
-    _plot_lines(increase_ax, rows, "memory_increase_mb", f"{kind} over the built model (MiB)")
+    _plot_lines(increase_ax, rows, "memory_increase_mb", f"{kind} added by the timed batches (MiB)")
     fig.suptitle(_title(meta), fontsize="medium")
     fig.savefig(path, dpi=120)
     return path
