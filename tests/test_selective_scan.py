@@ -297,3 +297,39 @@ def test_scan_backend_context_sets_the_default_and_is_restored():
     torch.testing.assert_close(inside, expected, rtol=0, atol=0)  # the reference loop ran, bit for bit
     with pytest.raises(ValueError, match="needs CUDA tensors"), scan_backend("triton"):
         selective_scan(**args)
+
+
+@needs_numba
+@pytest.mark.parametrize(("dim", "groups", "length"), [(200, 2, 37), (136, 1, 50), (24, 3, 16)])
+def test_numba_channel_blocks_and_step_tiles_match_oracle(dim, groups, length):
+    # numba scans up to 64 channels of a group side by side in tiles of 16 steps: groups of 100 and 136 channels
+    # split into blocks of 56 + 44 and 48 + 48 + 40 lanes, 8-channel groups leave padding lanes, L 37 and 50 end in a
+    # partial tile
+    args = _inputs(2, dim, 16, length, groups)
+    out, last = selective_scan(**args, delta_softplus=True, return_last_state=True, backend="numba")
+    ref_out, ref_last = _oracle(args, delta_softplus=True, return_last_state=True)
+    assert _rel_err(out, ref_out) < 1e-5
+    assert _rel_err(last, ref_last) < 1e-5
+
+
+@needs_numba
+def test_numba_fused_softplus_and_gate_over_a_wide_range():
+    # the fused float32 softplus (a polynomial log1p, torch's threshold of 20) and silu gate, far into both tails
+    args = _inputs(1, 16, 4, 64, extras=True)
+    args["delta"] = torch.linspace(-30, 30, 16 * 64).reshape(1, 16, 64)
+    args["z"] = torch.linspace(-100, 100, 16 * 64).reshape(1, 16, 64)
+    args["A"] = -torch.rand(16, 4) * 0.01  # small decays: dt up to 30 does not flush every state to zero
+    out = selective_scan(**args, delta_softplus=True, backend="numba")
+    ref = _oracle(args, delta_softplus=True)
+    assert torch.isfinite(out).all()
+    assert _rel_err(out, ref) < 1e-5
+
+
+@needs_numba
+def test_numba_bare_scan_of_bfloat16_inputs():
+    # without D, z and delta_bias the numba kernel gets stand-in arrays for them, in the compute dtype
+    args = _inputs(2, 16, 8, 40, groups=2, dtype=torch.bfloat16, extras=False)
+    out, last = selective_scan(**args, return_last_state=True, backend="numba")
+    assert out.dtype == torch.bfloat16 and last.dtype == torch.float32
+    assert _rel_err(out, _oracle(args)) < 2e-2  # rounding the float32 result to bfloat16's 8 mantissa bits
+    assert _rel_err(last, _oracle(args, return_last_state=True)[1]) < 1e-5

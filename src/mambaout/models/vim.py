@@ -32,6 +32,7 @@ from timm.layers import (
 )
 from torch import nn
 
+from ..errors import check_patch_multiple
 from ..ops.selective_scan import selective_scan
 from ..registry import ModelSpec, Published, pretrained_cfg, register_model
 from ._token_model import GLOBAL_POOLS, TokenModel
@@ -302,12 +303,7 @@ class VisionMamba(TokenModel):
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch tokens with the class token inserted in the middle and the position embedding added (float32)."""
-        height, width = x.shape[-2:]
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"input size {height}x{width} is not divisible by the patch size {self.patch_size}; "
-                f"use a multiple of {self.patch_size} in both dimensions"
-            )
+        check_patch_multiple(*x.shape[-2:], self.patch_size)
         x = self.patch_embed(x)
         grid = (x.shape[1], x.shape[2])
         x = x.flatten(1, 2)

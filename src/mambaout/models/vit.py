@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, PatchEmbed, calculate_drop_path_rates, resample_abs_pos_embed, trunc_normal_
 from torch import nn
 
+from ..errors import check_patch_multiple
 from ..registry import ModelSpec, Published, pretrained_cfg, register_model
 from ._token_model import GLOBAL_POOLS, TokenModel
 
@@ -189,12 +190,7 @@ class VisionTransformer(TokenModel):
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch tokens with the class token prepended and the position embedding (resized to the grid) added."""
-        height, width = x.shape[-2:]
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"input size {height}x{width} is not divisible by the patch size {self.patch_size}; "
-                f"use a multiple of {self.patch_size} in both dimensions"
-            )
+        check_patch_multiple(*x.shape[-2:], self.patch_size)
         x = self.patch_embed(x)
         grid = (x.shape[1], x.shape[2])
         # A no-op at the trained grid; otherwise bicubic resampling of the patch rows, the class token's row kept.

@@ -1,14 +1,17 @@
-"""Fused CPU selective scan through numba: one pass over L per (batch, channel), the N states in registers.
+"""Fused CPU selective scan through numba.
 
 numba ships wheels (no compiler at install) and compiles these kernels on first use (cached on disk afterwards).
 The scan is bound by its B*D*L*N exponentials, so float32 uses an inlined Cephes-style expf (Cody-Waite range
-reduction, degree-5 minimax polynomial, exponent built by a bit cast, ~1 ulp) that LLVM vectorizes over the N
-states; numba's ``math.exp`` is a scalar libm call per element. Arguments below about -87.3 (results under float32's
-smallest normal number, 1.2e-38) flush to an exact 0. float64 uses ``math.exp``.
+reduction, degree-5 minimax polynomial, exponent built by a bit cast, ~1 ulp) that LLVM vectorizes; numba's
+``math.exp`` is a scalar libm call per element. Arguments below about -87.3 (results under float32's smallest normal
+number, 1.2e-38) flush to an exact 0. float64 uses ``math.exp``.
 
-Forward: parallel over batch x channel. Backward: parallel over batch x group (each task owns its group's slice of
-the B and C gradients, so there are no races); per channel it re-runs the forward, keeping the states and decays of
-that one channel (2 L N numbers per thread, not per batch), then runs the reverse recurrence.
+Forward: parallel over (batch, block of up to 64 channels of one group), one channel per vector lane. The channels of
+a block share B and C (one broadcast per state and step), each lane accumulates its own output (no horizontal sum
+over N), and the delta bias, softplus, D skip and z gate are fused in, one tile of steps at a time, so the inputs are
+read once and the output written once (no full-size temporaries). Backward: parallel over batch x group (each task
+owns its group's slice of the B and C gradients, so there are no races); per channel it re-runs the forward, keeping
+the states and decays of that one channel (2 L N numbers per thread, not per batch), then runs the reverse recurrence.
 """
 
 import math
@@ -20,10 +23,12 @@ from numba import config, njit, prange, set_num_threads, types
 from numba.extending import intrinsic, overload
 from torch import Tensor
 
-from ._scan_common import compute_dtype, epilogue, grouped_bc, prepare_delta
+from ._scan_common import compute_dtype, grouped_bc, prepare_delta
 
 # reassociation lets LLVM vectorize the sums over N; no nnan/ninf, so infinities and NaNs still propagate
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+# error_model="numpy" in the kernels: Python's division-by-zero check is a branch that keeps LLVM from vectorizing
+# any loop with a division (the ones here divide by 1 + e or 2 + e, e >= 0)
 
 _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693359375)
@@ -32,7 +37,16 @@ _EXP_LO = np.float32(-87.33654)  # log(2 ** -126)
 _EXP_HI = np.float32(88.0)  # below log(2 ** 127.5): keeps the exponent field finite
 _P0, _P1, _P2 = np.float32(1.9875691500e-4), np.float32(1.3981999507e-3), np.float32(8.3334519073e-3)
 _P3, _P4, _P5 = np.float32(4.1665795894e-2), np.float32(1.6666665459e-1), np.float32(5.0000001201e-1)
-_HALF, _ONE, _ZERO = np.float32(0.5), np.float32(1.0), np.float32(0.0)
+_HALF, _ONE, _TWO, _ZERO = np.float32(0.5), np.float32(1.0), np.float32(2.0), np.float32(0.0)
+_SOFTPLUS_THRESHOLD = np.float32(20.0)  # torch's: softplus(x) = x above it
+# 1 / (2 k + 1): the atanh series of _log1p_small
+_S1, _S2, _S3, _S4 = np.float32(1 / 3), np.float32(1 / 5), np.float32(1 / 7), np.float32(1 / 9)
+_S5, _S6, _S7 = np.float32(1 / 11), np.float32(1 / 13), np.float32(1 / 15)
+
+# channels of one group scanned side by side, one per vector lane: they share B and C, so one broadcast of B_n and
+# C_n serves them all, and the inner loop is long enough to amortise its entry checks
+_MAX_LANES = 64
+_STEPS = 16  # time steps per tile: the tile's transposed inputs, deltas and outputs (16 x 64 x 4 B each) stay in L1
 
 
 @intrinsic
@@ -61,26 +75,160 @@ def _exp_overload(x):
             p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
             p = p * r * r + r + _ONE
             scale = _float32_from_bits(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
-            return p * scale if x >= _EXP_LO else _ZERO
+            # a product, not a select: inlined into a branch of its caller, a select trips numba's SSA check
+            return p * scale * np.float32(x >= _EXP_LO)
 
         return expf
     return lambda x: math.exp(x)
 
 
+def _log1p_small(e):  # pragma: no cover - replaced by the overload below inside numba
+    return math.log1p(e)
+
+
+@overload(_log1p_small, inline="always")
+def _log1p_small_overload(e):
+    """log1p(e) for 0 <= e <= 1; float32 as a polynomial that LLVM vectorizes (math.log1p is a libm call)."""
+    if e == types.float32:
+
+        def log1pf(e):
+            # log1p(e) = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...) with s = e / (2 + e) <= 1/3: no cancellation for
+            # small e, and the series is below float32's rounding after the s^14 / 15 term
+            s = e / (_TWO + e)
+            s2 = s * s
+            p = ((((((_S7 * s2 + _S6) * s2 + _S5) * s2 + _S4) * s2 + _S3) * s2 + _S2) * s2 + _S1) * s2 + _ONE
+            return _TWO * s * p
+
+        return log1pf
+    return lambda e: math.log1p(e)
+
+
 @njit(inline="always", fastmath=_FASTMATH)
-def _forward_row(u, dt, a, Bg, Cg, y, state):  # pragma: no cover - compiled by numba
-    """One (batch, channel): u, dt, y (L,); a (N,); Bg, Cg (L, N). Returns the last state."""
-    x = np.zeros(state, dtype=u.dtype)
-    for t in range(u.shape[0]):
-        delta = dt[t]
-        w = delta * u[t]
-        acc = w - w
+def _softplus(x):  # pragma: no cover - compiled by numba
+    """torch's softplus (threshold 20): log1p(exp(x)), written as max(x, 0) + log1p(exp(-|x|)) so it cannot overflow."""
+    return x if x > _SOFTPLUS_THRESHOLD else max(x, _ZERO) + _log1p_small(_exp(-abs(x)))
+
+
+@njit(inline="always", fastmath=_FASTMATH)
+def _silu(x):  # pragma: no cover - compiled by numba
+    """x * sigmoid(x), with the exponential of -|x| only (no overflow for large |x|)."""
+    e = _exp(-abs(x))
+    r = _ONE / (_ONE + e)
+    return x * (r if x >= _ZERO else e * r)
+
+
+@njit(inline="always")
+def _load_tile(src, b, c0, width, t0, steps, tile):  # pragma: no cover - compiled by numba
+    """tile[t, c] = src[b, c0 + c, t0 + t]: the transposing copy that puts one channel in each lane."""
+    # lanes inner: LLVM gathers along c and stores whole tile rows, ~6x faster than scattering along t
+    for t in range(steps):
+        for c in range(width):
+            tile[t, c] = src[b, c0 + c, t0 + t]
+
+
+@njit(inline="always")
+def _store_tile(tile, b, c0, width, t0, steps, dst):  # pragma: no cover - compiled by numba
+    """dst[b, c0 + c, t0 + t] = tile[t, c], the inverse of _load_tile (lanes inner for the same reason)."""
+    for t in range(steps):
+        for c in range(width):
+            dst[b, c0 + c, t0 + t] = tile[t, c]
+
+
+@njit(inline="always", fastmath=_FASTMATH)
+def _forward_block(u, delta, A, Bg, Cg, D, z, bias, flags, out, last, b, c0, width, lanes):  # pragma: no cover
+    """Channels c0 .. c0 + width of batch element b, one per lane of ``lanes`` (>= width); all in one group, whose
+    (N, L) rows are Bg, Cg. Writes out[b, c0:c0 + width] = (scan + D u) * silu(z) and last[b, c0:c0 + width].
+
+    flags: (softplus, has D, has z, has bias).
+    """
+    softplus, has_d, has_z, has_bias = flags
+    dtype = u.dtype
+    length = u.shape[2]
+    state = A.shape[1]
+    # lanes past width stay zero (dt = softplus(0) or 0, u = 0, A = 0): their state stays exactly 0
+    a = np.zeros((state, lanes), dtype)
+    lane_bias = np.zeros(lanes, dtype)
+    lane_d = np.zeros(lanes, dtype)
+    for c in range(width):
         for n in range(state):
-            xn = _exp(delta * a[n]) * x[n] + w * Bg[t, n]
-            x[n] = xn
-            acc += xn * Cg[t, n]
-        y[t] = acc
-    return x
+            a[n, c] = A[c0 + c, n]
+        if has_bias:
+            lane_bias[c] = bias[c0 + c]
+        if has_d:
+            lane_d[c] = D[c0 + c]
+    x = np.zeros((state, lanes), dtype)
+    raw_dt = np.zeros((_STEPS, lanes), dtype)
+    raw_u = np.zeros((_STEPS, lanes), dtype)
+    raw_z = np.zeros((_STEPS, lanes), dtype)
+    dts = np.empty((_STEPS, lanes), dtype)
+    ws = np.empty((_STEPS, lanes), dtype)
+    ys = np.empty((_STEPS, lanes), dtype)
+    for t0 in range(0, length, _STEPS):
+        steps = min(_STEPS, length - t0)
+        _load_tile(delta, b, c0, width, t0, steps, raw_dt)
+        _load_tile(u, b, c0, width, t0, steps, raw_u)
+        if has_z:
+            _load_tile(z, b, c0, width, t0, steps, raw_z)
+        # one loop per flag setting: a branch inside would keep LLVM from vectorizing the loop
+        if softplus:
+            for t in range(steps):
+                for c in range(lanes):
+                    dts[t, c] = _softplus(raw_dt[t, c] + lane_bias[c])
+        else:
+            for t in range(steps):
+                for c in range(lanes):
+                    dts[t, c] = raw_dt[t, c] + lane_bias[c]
+        for t in range(steps):
+            for c in range(lanes):
+                ws[t, c] = dts[t, c] * raw_u[t, c]
+                ys[t, c] = 0
+        for t in range(steps):
+            tt = t0 + t
+            for n in range(state):
+                bn = Bg[n, tt]
+                cn = Cg[n, tt]
+                # the vectorized loop: one channel per lane, so no horizontal sum; the lane count is a runtime
+                # value on purpose (a constant short trip count gets fully unrolled before LLVM's loop vectorizer
+                # sees it, and the SLP vectorizer makes gathers of the result)
+                for c in range(lanes):
+                    xn = _exp(dts[t, c] * a[n, c]) * x[n, c] + ws[t, c] * bn
+                    x[n, c] = xn
+                    ys[t, c] += xn * cn
+        if has_d:
+            for t in range(steps):
+                for c in range(lanes):
+                    ys[t, c] += lane_d[c] * raw_u[t, c]
+        if has_z:
+            for t in range(steps):
+                for c in range(lanes):
+                    ys[t, c] *= _silu(raw_z[t, c])
+        _store_tile(ys, b, c0, width, t0, steps, out)
+    for c in range(width):
+        for n in range(state):
+            last[b, c0 + c, n] = x[n, c]
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _forward(u, delta, A, B, C, D, z, bias, flags, out, last):  # pragma: no cover - compiled by numba
+    """u, delta, z, out (b, D, L); A (D, N); B, C (b, G, N, L); D, bias (D,); last (b, D, N).
+
+    Parallel over (batch, block of up to _MAX_LANES channels of one group); the blocks of a group are of equal
+    width (a multiple of 8, the vector width), so the static split of prange keeps the threads balanced.
+    """
+    batch, dim, _ = u.shape
+    groups = B.shape[1]
+    per_group = dim // groups
+    blocks = (per_group + _MAX_LANES - 1) // _MAX_LANES
+    lanes = ((per_group + blocks - 1) // blocks + 7) // 8 * 8
+    blocks = (per_group + lanes - 1) // lanes
+    for task in prange(batch * groups * blocks):
+        b = task // (groups * blocks)
+        rest = task - b * groups * blocks
+        g = rest // blocks
+        block = rest - g * blocks
+        c0 = g * per_group + block * lanes
+        width = min(lanes, per_group - block * lanes)
+        _forward_block(u, delta, A, B[b, g], C[b, g], D, z, bias, flags, out, last, b, c0, width, lanes)
 
 
 @njit(inline="always", fastmath=_FASTMATH)
@@ -125,20 +273,8 @@ def _backward_row(u, dt, a, Bg, Cg, gy, glast, y, gu, gdt, gBg, gCg, xs, decays,
     return ga
 
 
-def _make_kernels(fixed_state):
-    """Forward and backward kernels; ``fixed_state`` > 0 makes N a compile-time constant (fully unrolled)."""
-
-    @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-    def forward(u, dt, A, Bt, Ct, y, last):  # pragma: no cover - compiled by numba
-        """u, dt, y (b, D, L); A (D, N); Bt, Ct (b, G, L, N); last (b, D, N)."""
-        batch, dim, _ = u.shape
-        per_group = dim // Bt.shape[1]
-        state = fixed_state if fixed_state > 0 else A.shape[1]
-        for task in prange(batch * dim):
-            b = task // dim
-            d = task - b * dim
-            g = d // per_group
-            last[b, d] = _forward_row(u[b, d], dt[b, d], A[d], Bt[b, g], Ct[b, g], y[b, d], state)
+def _make_backward(fixed_state):
+    """The backward kernel; ``fixed_state`` > 0 makes N a compile-time constant (fully unrolled)."""
 
     @njit(parallel=True, cache=True, fastmath=_FASTMATH)
     def backward(u, dt, A, Bt, Ct, gy, glast, y, gu, gdt, gA, gBt, gCt):  # pragma: no cover - compiled by numba
@@ -176,16 +312,16 @@ def _make_kernels(fixed_state):
                     state,
                 )
 
-    return forward, backward
+    return backward
 
 
 # Mamba's N = 16 everywhere in the models here: a constant trip count lets LLVM unroll the state loop
-_FORWARD, _BACKWARD = _make_kernels(0)
-_FORWARD_16, _BACKWARD_16 = _make_kernels(16)
+_BACKWARD = _make_backward(0)
+_BACKWARD_16 = _make_backward(16)
 
 
-def _kernels(state: int):
-    return (_FORWARD_16, _BACKWARD_16) if state == 16 else (_FORWARD, _BACKWARD)
+def _backward_kernel(state: int):
+    return _BACKWARD_16 if state == 16 else _BACKWARD
 
 
 # below this many state updates (~0.5 ms on one core) waking a second thread costs more than it saves
@@ -222,13 +358,32 @@ def selective_scan_numba(
 ) -> tuple[Tensor, Tensor]:
     """Return (out in u's dtype, last state (batch, dim, N) in the compute dtype). CPU tensors only; no autograd."""
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-    uc, dt, Ac, Bt, Ct = _kernel_inputs(u, delta, A, B, C, delta_bias, delta_softplus, dtype)
-    y = torch.empty_like(uc)
-    last = uc.new_empty(u.shape[0], u.shape[1], A.shape[1])
+
+    def arg(t: Tensor | None, fallback: np.ndarray | None) -> np.ndarray:
+        # an absent input is never read (its flag is off): an array of the same type keeps one compiled variant
+        return fallback if t is None else t.detach().to(dtype).contiguous().numpy()
+
+    uc = arg(u, None)
+    Bg, Cg = grouped_bc(B.detach().to(dtype), C.detach().to(dtype))
+    Ac = arg(A, None)
+    per_channel = np.zeros(u.shape[1], dtype=uc.dtype)
+    flags = (bool(delta_softplus), D is not None, z is not None, delta_bias is not None)
+    out = torch.empty(u.shape, dtype=dtype)
+    last = torch.empty(u.shape[0], u.shape[1], A.shape[1], dtype=dtype)
     _set_threads(last.numel() * u.shape[2])
-    _kernels(A.shape[1])[0](uc.numpy(), dt.numpy(), Ac.numpy(), Bt.numpy(), Ct.numpy(), y.numpy(), last.numpy())
-    with torch.no_grad():
-        out = epilogue(y, uc, None if D is None else D.detach(), None if z is None else z.detach())
+    _forward(
+        uc,
+        arg(delta, None),
+        Ac,
+        Bg.contiguous().numpy(),
+        Cg.contiguous().numpy(),
+        arg(D, per_channel),
+        arg(z, uc),
+        arg(delta_bias, per_channel),
+        flags,
+        out.numpy(),
+        last.numpy(),
+    )
     return out.to(u.dtype), last
 
 
@@ -267,7 +422,7 @@ def selective_scan_numba_backward(
     gBt = torch.zeros_like(Bt)
     gCt = torch.zeros_like(Ct)
     _set_threads(gA.numel() * length)
-    _kernels(A.shape[1])[1](
+    _backward_kernel(A.shape[1])(
         uc.numpy(),
         dt.numpy(),
         Ac.numpy(),
