@@ -10,6 +10,7 @@ from torch import nn
 import mambaout
 from mambaout.engine import inference
 from mambaout.engine.inference import (
+    FoldError,
     InferenceModel,
     cpu_supports_bf16,
     example_input,
@@ -19,7 +20,7 @@ from mambaout.engine.inference import (
     resolve_precision,
 )
 from mambaout.engine.predict import predict_files
-from mambaout.ops import scan_backend
+from mambaout.ops import scan_backend, selective_scan
 
 # name, create_model overrides, probe size, norms whose affine is folded (every norm a Linear alone reads)
 FAMILIES = [
@@ -129,10 +130,10 @@ def test_a_norm_read_by_more_than_its_linear_is_not_folded():
 
 def test_a_fold_that_changes_the_output_is_refused():
     model = _NormReadBehindTheProbe().eval()
-    with pytest.raises(RuntimeError, match="folding 1 norms changed the output"):
+    with pytest.raises(FoldError, match="folding 1 norms changed the output"):
         fold_layer_norms(model, torch.randn(3, 6))
-    with pytest.warns(RuntimeWarning, match="norm folding skipped"):
-        fast = prepare_for_inference(model, fold_norms=True, input_size=None)
+    with pytest.warns(RuntimeWarning, match="norm folding skipped: folding 1 norms changed the output"):
+        fast = prepare_for_inference(model, fold_norms=True, sample=torch.randn(3, 6))
     x = torch.randn(3, 6)
     assert fast.folded_norms == []
     with torch.no_grad():
@@ -169,14 +170,43 @@ def test_fast_preset_picks_the_hardware_precision_and_channels_last_for_conv_net
     assert (plain.precision, plain.channels_last, plain.compiled, plain.folded_norms) == ("fp32", False, None, [])
 
 
-def test_compiled_path_agrees_with_eager():
-    model = _model("mambaout_test", {})
+def test_compiled_fast_path_agrees_with_eager():
+    model = _model("mambaout_test", dict(depths=(1,), dims=(8,)))  # one block: few kernels to compile
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = model(x)
-    compiled = prepare_for_inference(model, compile=True, fold_norms=True, input_size=(32, 32))
-    assert compiled.compiled is not None
-    assert _relative_error(compiled(x), expected) <= 1e-4  # inductor reorders fp32 sums
+    fast = prepare_for_inference(model, fast=True, input_size=(32, 32))
+    assert fast.compiled is not None and len(fast.folded_norms) == 2  # the block's norm and the head's
+    got = fast(x)
+    assert fast.compiled is not None  # no fallback to eager
+    tolerance = BF16_RTOL if fast.precision == "bf16" else 1e-4  # fp32: inductor reorders sums
+    assert _relative_error(got, expected) <= tolerance
+
+
+class _ScanBlock(nn.Module):
+    """Projections into the selective-scan custom op: under autocast its inputs arrive in bf16."""
+
+    def __init__(self, dim=8, state=4):
+        super().__init__()
+        self.proj = nn.Linear(dim, 3 * dim + 2 * state)
+        self.A_log = nn.Parameter(torch.rand(dim, state).log())
+        self.dim, self.state = dim, state
+
+    def forward(self, x):
+        u, delta, z, B, C = self.proj(x).transpose(1, 2).split([self.dim] * 3 + [self.state] * 2, dim=1)
+        return selective_scan(u, delta, -self.A_log.float().exp(), B, C, z=z, delta_softplus=True)
+
+
+def test_selective_scan_op_compiles_under_bf16_autocast():
+    block = _ScanBlock().eval()
+    x = torch.randn(2, 16, 8)
+    with torch.no_grad(), scan_backend("reference"):
+        expected = block(x)
+    fast = prepare_for_inference(block, precision="bf16", compile=True)
+    got = fast(x)
+    assert fast.compiled is not None and got.dtype == torch.float32
+    assert not torch.equal(got, expected)  # bf16 really ran
+    assert _relative_error(got, expected) <= BF16_RTOL
 
 
 def _failing_backend(graph, example_inputs):

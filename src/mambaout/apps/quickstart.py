@@ -63,10 +63,10 @@ def quickstart_options(**changes: Any) -> dict[str, Any]:
 
 def run_quickstart(
     out: str | Path,
-    train_per_class: int = 60,
-    val_per_class: int = 20,
+    train_per_class: int = 300,
+    val_per_class: int = 50,
     test_per_class: int = 1,
-    size: int = 64,
+    size: int = 32,
     **changes: Any,
 ) -> QuickstartReport:
     from ..engine.predict import predict_files

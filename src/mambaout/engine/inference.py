@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch._inductor.config as inductor_config
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
@@ -72,6 +73,10 @@ def example_input(model: nn.Module, input_size: tuple[int, int] | None = None, d
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Folding a LayerNorm's affine into the Linear layers that read its output
+
+
+class FoldError(RuntimeError):
+    """Folding would change the model's output: it reads a norm's output in a way the data-flow probe did not see."""
 
 
 class _DataFlow(TorchFunctionMode):
@@ -185,11 +190,10 @@ def fold_layer_norms(model: nn.Module, sample: Tensor | None = None) -> tuple[nn
     output, and the names of the folded norms. The original is untouched.
 
     Exact algebra (W' = W * gamma, b' = b + W @ beta), checked on `sample` (default: `example_input(model)`): a
-    RuntimeError is raised if the folded copy's output drifts more than FOLD_RTOL from the original's.
+    FoldError is raised if the folded copy's output drifts more than FOLD_RTOL from the original's.
     """
     model = copy.deepcopy(model).eval()
-    device = next(model.parameters()).device
-    sample = example_input(model, device=device) if sample is None else sample
+    sample = example_input(model, device=next(model.parameters()).device) if sample is None else sample
     pairs = _foldable_pairs(model, sample)
     if not pairs:
         return model, []
@@ -202,7 +206,7 @@ def fold_layer_norms(model: nn.Module, sample: Tensor | None = None) -> tuple[nn
         got = model(sample)
     scale = float(expected.abs().max().clamp_min(1e-12))
     if not torch.allclose(got, expected, rtol=FOLD_RTOL, atol=FOLD_RTOL * scale):
-        raise RuntimeError(
+        raise FoldError(
             f"folding {len(pairs)} norms changed the output by {float((got - expected).abs().max()):.3g} "
             f"(scale {scale:.3g}): the model reads a norm's output in a way the data-flow probe did not see"
         )
@@ -271,8 +275,16 @@ class InferenceModel(nn.Module):
 
 
 def _compile(model: nn.Module) -> Callable[[Tensor], Tensor]:
-    # Frozen weights: inductor constant-folds the bf16 weight casts and pre-packs oneDNN weights (inference only).
-    return torch.compile(model, options={"freezing": True})
+    """torch.compile with frozen weights: inductor constant-folds the bf16 weight casts and swaps matmuls and convs
+    for oneDNN kernels on pre-packed weights (the main CPU win; inference only)."""
+    compiled = torch.compile(model)
+
+    def run(x: Tensor) -> Tensor:
+        # compilation happens inside the first calls, where the flag must be set (compile's `options` miss it)
+        with inductor_config.patch(freezing=True):
+            return compiled(x)
+
+    return run
 
 
 def prepare_for_inference(
@@ -285,12 +297,14 @@ def prepare_for_inference(
     fold_norms: bool | None = None,
     fast: bool = False,
     input_size: tuple[int, int] | None = None,
+    sample: Tensor | None = None,
 ) -> InferenceModel:
     """The model in eval mode on `device`, wrapped to run at `precision` ('auto', 'fp32', 'bf16', 'fp16').
 
     Unset options take their plain defaults (fp32, no channels-last, no folding, eager), or with `fast=True` the fast
-    path: precision 'auto', channels-last 'auto' (conv networks), folded norms and torch.compile. `input_size` is the
-    probe image size that checks the folding (default: the model's pretrained_cfg input size).
+    path: precision 'auto', channels-last 'auto' (conv networks), folded norms and torch.compile. The folding is
+    checked on `sample`, by default one image at `input_size` (default: the model's pretrained_cfg input size).
+    Compiled weights are frozen at the first call: later changes to the model's weights are not seen.
     """
     precision = resolve_precision(("auto" if fast else "fp32") if precision is None else precision, device)
     if channels_last is None:
@@ -307,8 +321,9 @@ def prepare_for_inference(
     folded: list[str] = []
     if fold:
         try:
-            model, folded = fold_layer_norms(model, example_input(model, input_size, device))
-        except RuntimeError as error:
+            probe = example_input(model, input_size, device) if sample is None else sample.to(device)
+            model, folded = fold_layer_norms(model, probe)
+        except FoldError as error:
             warnings.warn(f"norm folding skipped: {error}", RuntimeWarning, stacklevel=2)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -104,11 +104,22 @@ class GatedCNNBlock(nn.Module):
         shortcut = x
         gate, identity, conv = torch.split(self.fc1(self.norm(x)), self.split_sizes, dim=-1)
         conv = _nhwc(self.conv(_nchw(conv)))
-        # conv_ratio 1 (every official model) leaves no identity part: concatenating nothing would copy the conv
-        # output, about a tenth of the block's time on CPU
-        mixed = torch.cat((identity, conv), dim=-1) if self.split_sizes[1] else conv
-        x = self.fc2(self.act(gate) * mixed)
+        x = self.fc2(self._gated(self.act(gate), identity, conv))
         return shortcut + self.drop_path(self.ls(x))
+
+    @staticmethod
+    def _gated(gate: torch.Tensor, identity: torch.Tensor, conv: torch.Tensor) -> torch.Tensor:
+        """gate * concat(identity, conv), without concatenating first: that would copy the block's widest tensor once
+        more (about a tenth of the block's CPU time)."""
+        split = identity.shape[-1]
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            # inductor computes each product straight into its slice of the result
+            return torch.cat((gate[..., :split] * identity, gate[..., split:] * conv), dim=-1)
+        # eager inference: both products into one buffer (out= has no autograd)
+        out = torch.empty_like(gate)
+        torch.mul(gate[..., :split], identity, out=out[..., :split])
+        torch.mul(gate[..., split:], conv, out=out[..., split:])
+        return out
 
 
 class MambaOutStage(nn.Module):
