@@ -109,6 +109,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         input_size=tuple(args.size) if args.size else None,
+        precision=args.precision,
+        channels_last={"auto": "auto", "on": True, "off": False}[args.channels_last],
+        fold_norms=not args.no_fold_norms,
+        compile=args.compile,
     )
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
@@ -298,6 +302,12 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: the model's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="autocast; auto: bf16 on GPUs and on CPUs with AVX512-BF16/AMX, else fp32")  # fmt: skip
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="channels-last memory format (auto: for convolutional models)")  # fmt: skip
+    p.add_argument("--no-fold-norms", action="store_true", help="keep LayerNorm affines out of the next Linear")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off for many images)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -317,7 +327,8 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_count(0), default=4, help="data loading processes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)")
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: the model's)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "auto", "bf16", "fp16"], default="fp32",
+                   help="fp32 (default) reproduces published accuracy; auto: bf16 where supported")  # fmt: skip
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_validate)
