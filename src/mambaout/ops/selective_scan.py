@@ -54,14 +54,18 @@ def _triton_module():
     return _scan_triton if _scan_triton.triton is not None else None
 
 
-@functools.cache
+_NUMBA: dict[str, object] = {}  # a plain dict, not functools.cache: torch.compile traces through it without warning
+
+
 def _numba_module():
     """The numba backend module, or None when numba is not importable (the backend then falls back to chunked)."""
-    try:
-        from . import _scan_numba
-    except ImportError:
-        return None
-    return _scan_numba
+    if "module" not in _NUMBA:
+        try:
+            from . import _scan_numba
+        except ImportError:
+            _scan_numba = None
+        _NUMBA["module"] = _scan_numba
+    return _NUMBA["module"]
 
 
 def _triton_ready(u: Tensor) -> bool:
