@@ -109,13 +109,16 @@ class GatedCNNBlock(nn.Module):
 
     @staticmethod
     def _gated(gate: torch.Tensor, identity: torch.Tensor, conv: torch.Tensor) -> torch.Tensor:
-        """gate * concat(identity, conv), without concatenating first: that would copy the block's widest tensor once
-        more (about a tenth of the block's CPU time)."""
+        """gate * concat(identity, conv), in the form that is fastest where it runs."""
+        if torch.is_grad_enabled():
+            # training: concatenating first keeps the backward free of zero-filled gradients of gate's slices
+            return gate * torch.cat((identity, conv), dim=-1)
         split = identity.shape[-1]
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():
             # inductor computes each product straight into its slice of the result
             return torch.cat((gate[..., :split] * identity, gate[..., split:] * conv), dim=-1)
-        # eager inference: both products into one buffer (out= has no autograd)
+        # eager inference: both products into one buffer, skipping the copy of the block's widest tensor that
+        # concatenating first costs (about a tenth of the block's CPU time; out= has no autograd)
         out = torch.empty_like(gate)
         torch.mul(gate[..., :split], identity, out=out[..., :split])
         torch.mul(gate[..., split:], conv, out=out[..., split:])
