@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from timm.data import Mixup, create_transform, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3
+from timm.utils import ModelEmaV3, random_seed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -44,13 +43,11 @@ from .checkpointing import (
     restore_rng,
 )
 from .evaluate import EvalResult, evaluate
+from .inference import PRECISIONS
 from .run_log import RunLog
 from .train_config import ConfigError, TrainConfig
 
 log = logging.getLogger("mambaout")
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 @dataclass
 class TrainResult:
@@ -73,14 +70,8 @@ def train(config: TrainConfig) -> TrainResult:
         distributed.teardown()
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _train(config: TrainConfig, env: distributed.Distributed) -> TrainResult:
-    seed_everything(config.seed + env.rank)
+    random_seed(config.seed, env.rank)
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -144,7 +135,7 @@ def _train(config: TrainConfig, env: distributed.Distributed) -> TrainResult:
         step_on_epochs=not config.sched_on_updates,
         updates_per_epoch=steps_per_epoch,
     )
-    amp_dtype = AMP_DTYPES.get(config.amp)
+    amp_dtype = PRECISIONS[config.amp] if config.amp else None
     scaler = torch.amp.GradScaler(env.device.type) if config.amp == "fp16" else None
     ema = ModelEmaV3(model, decay=config.model_ema_decay) if config.model_ema else None
     mixup = _mixup(config, num_classes)
