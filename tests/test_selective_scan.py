@@ -333,3 +333,21 @@ def test_numba_bare_scan_of_bfloat16_inputs():
     assert out.dtype == torch.bfloat16 and last.dtype == torch.float32
     assert _rel_err(out, _oracle(args)) < 2e-2  # rounding the float32 result to bfloat16's 8 mantissa bits
     assert _rel_err(last, _oracle(args, return_last_state=True)[1]) < 1e-5
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_compiled_forward_and_backward_equal_eager_on_transposed_views(backend):
+    # Linear outputs seen as (batch, dim, L) are not contiguous: the op's fake must describe the real outputs'
+    # strides, and inductor lowers the op (and its backward op) as fallback kernels
+    batch, dim, state, length = 2, 8, 4, 9
+    u, delta, z = (torch.randn(batch, length, dim).transpose(1, 2).requires_grad_() for _ in range(3))
+    fixed = {k: v for k, v in _inputs(batch, dim, state, length).items() if k in ("A", "B", "C", "D", "delta_bias")}
+
+    def loss(u, delta, z):
+        out = selective_scan(u, delta, z=z, delta_softplus=True, backend=backend, **fixed)
+        return (out * torch.linspace(-1, 1, length)).sum()
+
+    eager = torch.autograd.grad(loss(u, delta, z), (u, delta, z))
+    compiled = torch.autograd.grad(torch.compile(loss, fullgraph=True)(u, delta, z), (u, delta, z))
+    for e, c in zip(eager, compiled):
+        torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6)

@@ -59,9 +59,7 @@ def evaluate(
     model.eval()
     # correct top-1, correct top-k, loss sum, images, skipped: summed on the device, read once at the end.
     totals = torch.zeros(5, dtype=torch.float64, device=device)
-    autocast = (
-        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-    )
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     bar = tqdm(loader, desc=desc, unit="batch", disable=not (progress and sys.stderr.isatty()), leave=False)
     start = time.perf_counter()
     try:

@@ -49,6 +49,7 @@ from .train_config import ConfigError, TrainConfig
 
 log = logging.getLogger("mambaout")
 
+
 @dataclass
 class TrainResult:
     output_dir: Path

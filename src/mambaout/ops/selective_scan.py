@@ -113,18 +113,20 @@ def _scan_op(
     delta_bias: Tensor | None,
     delta_softplus: bool,
     chunk_size: int,
-    kernel: str = "chunked",
+    implementation: str = "chunked",
 ) -> tuple[Tensor, Tensor]:
-    if kernel == "numba":
-        return _numba_module().selective_scan_numba(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    if kernel == "triton":
+    if implementation == "numba":
+        out, state = _numba_module().selective_scan_numba(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    elif implementation == "triton":
         out, state, _ = _triton_module().triton_scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-        return out, state
-    return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
+    else:
+        out, state = selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
+    # contiguous, as the fake below says: compiled graphs rely on the fake's strides
+    return out.contiguous(), state.contiguous()
 
 
 @_scan_op.register_fake
-def _scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, kernel="chunked"):
+def _scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, implementation="chunked"):
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     return u.new_empty(u.shape), u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=dtype)
 
@@ -143,13 +145,13 @@ def _scan_backward_op(
     delta_bias: Tensor | None,
     delta_softplus: bool,
     chunk_size: int,
-    kernel: str = "chunked",
+    implementation: str = "chunked",
 ) -> list[Tensor]:
     """Gradients for (u, delta, A, B, C, D, z, delta_bias); an absent optional input gets an empty tensor."""
     inputs = (u, delta, A, B, C, D, z, delta_bias)
-    if kernel == "numba":
+    if implementation == "numba":
         grads = _numba_module().selective_scan_numba_backward(grad_out, grad_state, *inputs, delta_softplus)
-    elif kernel == "triton":
+    elif implementation == "triton":
         # The state checkpoints are recomputed rather than kept from the forward: one more forward pass,
         # no extra op output to carry through autograd.
         triton = _triton_module()
@@ -157,23 +159,24 @@ def _scan_backward_op(
         grads = triton.triton_scan_backward(grad_out, grad_state, *inputs, delta_softplus, checkpoints)
     else:
         grads = selective_scan_chunked_backward(grad_out, grad_state, *inputs, delta_softplus, chunk_size)
-    return [u.new_empty(0) if g is None else g for g in grads]
+    return [u.new_empty(0) if g is None else g.contiguous() for g in grads]
 
 
 @_scan_backward_op.register_fake
 def _scan_backward_fake(
-    grad_out, grad_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, kernel="chunked"
+    grad_out, grad_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, implementation="chunked"
 ):
-    return [torch.empty_like(t) if t is not None else u.new_empty(0) for t in (u, delta, A, B, C, D, z, delta_bias)]
+    # the op makes every gradient contiguous
+    return [t.new_empty(t.shape) if t is not None else u.new_empty(0) for t in (u, delta, A, B, C, D, z, delta_bias)]
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, delta_softplus, chunk_size, kernel = inputs
+    *tensors, delta_softplus, chunk_size, implementation = inputs
     ctx.present = [t is not None for t in tensors]
     ctx.save_for_backward(*[t for t in tensors if t is not None])
     ctx.delta_softplus = delta_softplus
     ctx.chunk_size = chunk_size
-    ctx.kernel = kernel
+    ctx.implementation = implementation
 
 
 def _backward(ctx, grad_out, grad_state):
@@ -186,7 +189,7 @@ def _backward(ctx, grad_out, grad_state):
     if grad_state is None:
         dtype = compute_dtype(*tensors)
         grad_state = u.new_zeros((u.shape[0], u.shape[1], A.shape[1]), dtype=dtype)
-    grads = _scan_backward_op(grad_out, grad_state, *tensors, ctx.delta_softplus, ctx.chunk_size, ctx.kernel)
+    grads = _scan_backward_op(grad_out, grad_state, *tensors, ctx.delta_softplus, ctx.chunk_size, ctx.implementation)
     return (*[g if p else None for g, p in zip(grads, ctx.present)], None, None, None)
 
 
@@ -236,8 +239,9 @@ def selective_scan(
     if backend == "reference":
         out, state = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     else:
-        kernel = _resolve(backend, u)
+        # not named "kernel": inductor's fallback for custom ops takes a keyword of that name
+        implementation = _resolve(backend, u)
         out, state = torch.ops.mambaout.selective_scan(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, kernel
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, implementation
         )
     return (out, state) if return_last_state else out
