@@ -20,6 +20,7 @@ from mambaout.engine.inference import (
     resolve_precision,
 )
 from mambaout.engine.predict import predict_files
+from mambaout.models.mambaout import GatedCNNBlock, SplitProjectionBlock
 from mambaout.ops import scan_backend, selective_scan
 
 # name, create_model overrides, probe size, norms whose affine is folded (every norm a Linear alone reads)
@@ -168,6 +169,26 @@ def test_fast_preset_picks_the_hardware_precision_and_channels_last_for_conv_net
     assert not prepare_for_inference(tokens, fast=True, input_size=(32, 32)).channels_last
     plain = prepare_for_inference(conv)
     assert (plain.precision, plain.channels_last, plain.compiled, plain.folded_norms) == ("fp32", False, None, [])
+    assert plain.split_blocks == 0 and fast.split_blocks == sum(isinstance(m, GatedCNNBlock) for m in conv.modules())
+
+
+def test_split_projections_give_the_same_logits_and_leave_the_model_alone():
+    model = _model("mambaout_test", {})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 32, 32)
+    split = prepare_for_inference(model, split_projections=True, fold_norms=True, input_size=(32, 32))
+    blocks = [m for m in split.model.modules() if isinstance(m, GatedCNNBlock)]
+    assert split.split_blocks == len(blocks) == sum(isinstance(m, GatedCNNBlock) for m in model.modules())
+    assert all(type(b) is SplitProjectionBlock for b in blocks)
+    # each block's norm now feeds two Linears, and is still folded into both
+    assert len(split.folded_norms) == len(
+        prepare_for_inference(model, fold_norms=True, input_size=(32, 32)).folded_norms
+    )
+    with torch.no_grad():
+        assert _relative_error(split(x), model(x)) <= EXACT_RTOL
+    assert all(type(m) is not SplitProjectionBlock for m in model.modules())
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 
 def test_compiled_fast_path_agrees_with_eager():
@@ -177,6 +198,7 @@ def test_compiled_fast_path_agrees_with_eager():
         expected = model(x)
     fast = prepare_for_inference(model, fast=True, input_size=(32, 32))
     assert fast.compiled is not None and len(fast.folded_norms) == 2  # the block's norm and the head's
+    assert fast.split_blocks == 1
     got = fast(x)
     assert fast.compiled is not None  # no fallback to eager
     tolerance = BF16_RTOL if fast.precision == "bf16" else 1e-4  # fp32: inductor reorders sums

@@ -1,10 +1,11 @@
-"""The inference path shared by predict, validate, benchmark and the demo: precision, memory format, exact norm
-folding and compilation.
+"""The inference path shared by predict, validate, benchmark and the demo: precision, memory format, exact
+simplifications and compilation.
 
 `prepare_for_inference(model, fast=True)` is the fast path: bf16 autocast where the hardware computes in bf16
-natively (AVX512-BF16 / AMX CPUs, CUDA), channels-last for conv networks, every LayerNorm affine folded into the
-Linear layer that reads it, and `torch.compile` with frozen weights (falling back to eager, with a warning, when
-compilation fails). The user's model is never modified: folding works on a copy.
+natively (AVX512-BF16 / AMX CPUs, CUDA), channels-last for conv networks, MambaOut's fc1 split so that its depthwise
+conv reads a dense tensor, every LayerNorm affine folded into the Linear layers that read it, and `torch.compile`
+with frozen weights (falling back to eager, with a warning, when compilation fails). The user's model is never
+modified: splitting and folding work on a copy.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch._inductor.config as inductor_config
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
+
+from ..models.mambaout import split_projections as split_gated_projections
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISION_CHOICES = ("auto", *PRECISIONS)
@@ -236,6 +239,7 @@ class InferenceModel(nn.Module):
         self.precision = precision
         self.channels_last = channels_last
         self.folded_norms: list[str] = []
+        self.split_blocks = 0
         # kept out of the module tree: the compiled wrapper holds the same parameters
         self.__dict__["compiled"] = compiled
 
@@ -295,6 +299,7 @@ def prepare_for_inference(
     compile: bool | None = None,
     *,
     fold_norms: bool | None = None,
+    split_projections: bool | None = None,
     fast: bool = False,
     input_size: tuple[int, int] | None = None,
     sample: Tensor | None = None,
@@ -302,8 +307,9 @@ def prepare_for_inference(
     """The model in eval mode on `device`, wrapped to run at `precision` ('auto', 'fp32', 'bf16', 'fp16').
 
     Unset options take their plain defaults (fp32, no channels-last, no folding, eager), or with `fast=True` the fast
-    path: precision 'auto', channels-last 'auto' (conv networks), folded norms and torch.compile. The folding is
-    checked on `sample`, by default one image at `input_size` (default: the model's pretrained_cfg input size).
+    path: precision 'auto', channels-last 'auto' (conv networks), MambaOut blocks with split input projections
+    (`SplitProjectionBlock`), folded norms and torch.compile. The folding is checked on `sample`, by default one image
+    at `input_size` (default: the model's pretrained_cfg input size).
     Compiled weights are frozen at the first call: later changes to the model's weights are not seen.
     """
     precision = resolve_precision(("auto" if fast else "fp32") if precision is None else precision, device)
@@ -314,10 +320,15 @@ def prepare_for_inference(
     if channels_last == "auto":
         channels_last = is_conv_network(model)
     fold = fast if fold_norms is None else fold_norms
+    split = fast if split_projections is None else split_projections
     compile = fast if compile is None else compile
     device = torch.device(device)
 
     model = model.eval().to(device)
+    split_blocks = 0
+    if split:
+        model = copy.deepcopy(model)
+        split_blocks = split_gated_projections(model)
     folded: list[str] = []
     if fold:
         try:
@@ -329,4 +340,5 @@ def prepare_for_inference(
         model = model.to(memory_format=torch.channels_last)
     wrapped = InferenceModel(model, device.type, precision, channels_last, _compile(model) if compile else None)
     wrapped.folded_norms = folded
+    wrapped.split_blocks = split_blocks
     return wrapped
