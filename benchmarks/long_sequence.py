@@ -209,9 +209,10 @@ def _claim_check(at: dict) -> str:
     if row is None or row.get("speed_vs_" + deit) is None:
         return f"not measured ({vim} and {deit} did not both run at {VIM_CLAIM['size']}x{VIM_CLAIM['size']})."
     saving = 1 - row["memory_vs_" + deit]
+    memory = f"{saving:.1%} less" if saving >= 0 else f"{-saving:.1%} more"
     return (
         f"{vim} is {row['speed_vs_' + deit]:.2f}x as fast as {deit} (claim {VIM_CLAIM['speedup']}x) and "
-        f"adds {saving:.1%} less memory (claim {VIM_CLAIM['memory_saving']:.1%})."
+        f"uses {memory} memory (claim {VIM_CLAIM['memory_saving']:.1%} less)."
     )
 
 
