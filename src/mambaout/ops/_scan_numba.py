@@ -9,7 +9,8 @@ number, 1.2e-38) flush to an exact 0. float64 uses ``math.exp``.
 Forward: parallel over (batch, block of up to 64 channels of one group), one channel per vector lane. The channels of
 a block share B and C (one broadcast per state and step), each lane accumulates its own output (no horizontal sum
 over N), and the delta bias, softplus, D skip and z gate are fused in, one tile of steps at a time, so the inputs are
-read once and the output written once (no full-size temporaries). Backward: parallel over batch x group (each task
+read once and the output written once (no full-size temporaries); while a tile is scanned, the rows of the tile two
+ahead are prefetched. Backward: parallel over batch x group (each task
 owns its group's slice of the B and C gradients, so there are no races); per channel it re-runs the forward, keeping
 the states and decays of that one channel (2 L N numbers per thread, not per batch), then runs the reverse recurrence.
 """
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from llvmlite import ir
 from numba import config, njit, prange, set_num_threads, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from torch import Tensor
 
@@ -47,6 +49,10 @@ _S5, _S6, _S7 = np.float32(1 / 11), np.float32(1 / 13), np.float32(1 / 15)
 # C_n serves them all, and the inner loop is long enough to amortise its entry checks
 _MAX_LANES = 64
 _STEPS = 16  # time steps per tile: the tile's transposed inputs, deltas and outputs (16 x 64 x 4 B each) stay in L1
+# the rows of the tile this many tiles ahead are prefetched into L2 while a tile is scanned, a few rows per step: the
+# transposing loads read one cache line from each of up to 64 rows (192 with u, delta and out), too many streams for
+# the hardware prefetchers
+_PREFETCH_TILES = 2
 
 
 @intrinsic
@@ -58,6 +64,38 @@ def _float32_from_bits(typingctx, bits):
         return builder.bitcast(args[0], ir.FloatType())
 
     return types.float32(types.int32), codegen
+
+
+def _make_prefetch(write: bool):
+    """An intrinsic prefetch(address) into L2 (LLVM's llvm.prefetch, locality 2), for reading or for writing."""
+
+    @intrinsic
+    def prefetch(typingctx, address):
+        if address != types.intp:
+            return None
+
+        def codegen(context, builder, signature, args):
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            name = "llvm.prefetch.p0" if str(i8p) == "ptr" else "llvm.prefetch.p0i8"  # opaque or typed pointers
+            function = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), name
+            )
+            builder.call(function, [builder.inttoptr(args[0], i8p), i32(int(write)), i32(2), i32(1)])
+            return context.get_dummy_value()
+
+        return types.none(address), codegen
+
+    return prefetch
+
+
+_prefetch_read = _make_prefetch(write=False)
+_prefetch_write = _make_prefetch(write=True)
+
+
+@njit(inline="always")
+def _address(array, b, c, t):  # pragma: no cover - compiled by numba
+    """The address of array[b, c, t] as a signed integer (the pointer is unsigned: mixing the two gives a float)."""
+    return np.intp(array.ctypes.data) + b * array.strides[0] + c * array.strides[1] + t * array.strides[2]
 
 
 def _exp(x):  # pragma: no cover - replaced by the overload below inside numba
@@ -163,8 +201,11 @@ def _forward_block(u, delta, A, Bg, Cg, D, z, bias, flags, out, last, b, c0, wid
     dts = np.empty((_STEPS, lanes), dtype)
     ws = np.empty((_STEPS, lanes), dtype)
     ys = np.empty((_STEPS, lanes), dtype)
+    rows_per_step = (width + _STEPS - 1) // _STEPS
     for t0 in range(0, length, _STEPS):
         steps = min(_STEPS, length - t0)
+        ahead = t0 + _PREFETCH_TILES * _STEPS
+        ahead_last = min(ahead + _STEPS, length) - 1  # the tile's row may straddle two cache lines
         _load_tile(delta, b, c0, width, t0, steps, raw_dt)
         _load_tile(u, b, c0, width, t0, steps, raw_u)
         if has_z:
@@ -184,6 +225,14 @@ def _forward_block(u, delta, A, Bg, Cg, D, z, bias, flags, out, last, b, c0, wid
                 ys[t, c] = 0
         for t in range(steps):
             tt = t0 + t
+            if ahead < length:
+                for c in range(c0 + t * rows_per_step, c0 + min((t + 1) * rows_per_step, width)):
+                    for step in (ahead, ahead_last):
+                        _prefetch_read(_address(delta, b, c, step))
+                        _prefetch_read(_address(u, b, c, step))
+                        if has_z:
+                            _prefetch_read(_address(z, b, c, step))
+                        _prefetch_write(_address(out, b, c, step))
             for n in range(state):
                 bn = Bg[n, tt]
                 cn = Cg[n, tt]
