@@ -176,16 +176,18 @@ def test_split_projections_give_the_same_logits_and_leave_the_model_alone():
     model = _model("mambaout_test", {})
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(2, 3, 32, 32)
-    split = prepare_for_inference(model, split_projections=True, fold_norms=True, input_size=(32, 32))
+    # splitting goes with folding (predict's default) unless asked otherwise
+    split = prepare_for_inference(model, fold_norms=True, input_size=(32, 32))
+    unsplit = prepare_for_inference(model, fold_norms=True, split_projections=False, input_size=(32, 32))
+    assert unsplit.split_blocks == 0
     blocks = [m for m in split.model.modules() if isinstance(m, GatedCNNBlock)]
     assert split.split_blocks == len(blocks) == sum(isinstance(m, GatedCNNBlock) for m in model.modules())
     assert all(type(b) is SplitProjectionBlock for b in blocks)
     # each block's norm now feeds two Linears, and is still folded into both
-    assert len(split.folded_norms) == len(
-        prepare_for_inference(model, fold_norms=True, input_size=(32, 32)).folded_norms
-    )
+    assert len(split.folded_norms) == len(unsplit.folded_norms)
     with torch.no_grad():
         assert _relative_error(split(x), model(x)) <= EXACT_RTOL
+        assert _relative_error(unsplit(x), model(x)) <= EXACT_RTOL
     assert all(type(m) is not SplitProjectionBlock for m in model.modules())
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)

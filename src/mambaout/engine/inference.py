@@ -307,9 +307,10 @@ def prepare_for_inference(
     """The model in eval mode on `device`, wrapped to run at `precision` ('auto', 'fp32', 'bf16', 'fp16').
 
     Unset options take their plain defaults (fp32, no channels-last, no folding, eager), or with `fast=True` the fast
-    path: precision 'auto', channels-last 'auto' (conv networks), MambaOut blocks with split input projections
-    (`SplitProjectionBlock`), folded norms and torch.compile. The folding is checked on `sample`, by default one image
-    at `input_size` (default: the model's pretrained_cfg input size).
+    path: precision 'auto', channels-last 'auto' (conv networks), folded norms and torch.compile. MambaOut blocks get
+    split input projections (`SplitProjectionBlock`) wherever norms are folded, unless `split_projections` says.
+    The folding is checked on `sample`, by default one image at `input_size` (default: the model's pretrained_cfg
+    input size).
     Compiled weights are frozen at the first call: later changes to the model's weights are not seen.
     """
     precision = resolve_precision(("auto" if fast else "fp32") if precision is None else precision, device)
@@ -320,7 +321,8 @@ def prepare_for_inference(
     if channels_last == "auto":
         channels_last = is_conv_network(model)
     fold = fast if fold_norms is None else fold_norms
-    split = fast if split_projections is None else split_projections
+    # both are exact simplifications: splitting goes with folding unless asked otherwise
+    split = fold if split_projections is None else split_projections
     compile = fast if compile is None else compile
     device = torch.device(device)
 
