@@ -2,9 +2,11 @@
 
     python benchmarks/selective_scan.py --shapes vmamba_s1 vim_ti --repeats 5 --out results/bench
 
-Every repeat times each backend once, in a rotated order (interleaved), and the table reports the median with the
-min-max spread. Accuracy is the norm-relative error against the float64 per-step oracle on batch element 0 (the
-scan is independent per batch element), gradients on a batch-1 copy of the inputs at the backward length.
+``reference`` is the float64 per-step oracle, the yardstick of the "x ref" column; ``loop_fp32`` is the same loop in
+float32 ("x fp32" column). Every repeat times each backend once, in a rotated order (interleaved), and the table
+reports the median with the min-max spread. Accuracy is the norm-relative error against the oracle on float64 inputs
+for batch element 0 (the scan is independent per batch element), gradients on a batch-1 copy of the inputs at the
+backward length.
 The per-step loop's backward grows quadratically with L through autograd, so every backend's forward+backward is
 timed at ``--backward-length`` (side by side with the reference) and, for the backends in ``--full-backward``, also
 at the full length. ``mambapy`` is PyPI mambapy's parallel scan (pscan pads L to a power of two and materialises
@@ -24,6 +26,8 @@ import torch
 from tqdm import tqdm
 
 from mambaout.ops import selective_scan
+from mambaout.ops._scan_common import compute_dtype
+from mambaout.ops._scan_reference import per_step_scan
 
 SHAPES = {
     # VMamba-T stage 1: 4 scan directions x 192 channels, one (B, C) group per direction, no z
@@ -31,7 +35,10 @@ SHAPES = {
     # Vim-Ti: 2 directions x 384 channels with their own (B, C), gated by z
     "vim_ti": {"batch": 8, "dim": 768, "state": 16, "length": 197, "groups": 2, "z": True},
 }
-ALL_BACKENDS = ("reference", "chunked", "numba", "mambapy")
+# "reference" is the float64 oracle (the issue's yardstick); "loop_fp32" is the same per-step loop in float32, so the
+# ratios can also be read against a loop that does no float64 work
+ALL_BACKENDS = ("reference", "loop_fp32", "chunked", "numba", "mambapy")
+PER_STEP = ("reference", "loop_fp32")  # autograd through their loop is quadratic in L: no full-length backward
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
@@ -74,9 +81,17 @@ def mambapy_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
     return y
 
 
+def loop_fp32_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The reference's per-step loop, computed in float32 (float64 inputs stay float64)."""
+    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    return per_step_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dtype)[0]
+
+
 def scan_fn(backend: str) -> Callable:
     if backend == "mambapy":
         return mambapy_scan
+    if backend == "loop_fp32":
+        return loop_fp32_scan
     return lambda **kw: selective_scan(**kw, backend=backend)
 
 
@@ -164,7 +179,7 @@ def run_shape(name, spec, backends, repeats, backward_length, full_backward, bar
         result["backward"][b] |= summarise(times[b]) | {"updates_per_s": short_updates / statistics.median(times[b])}
 
     # forward + backward at the full length for the backends that keep memory bounded
-    full = [b for b in full_backward if b in backends and b != "reference"]
+    full = [b for b in full_backward if b in backends and b not in PER_STEP]
     result["backward_full"] = {}
     if short < length and full:
         weight = torch.randn(batch, dim, length, generator=torch.Generator().manual_seed(1))
@@ -182,7 +197,9 @@ def print_table(name, res, exp_rate) -> None:
         f"\n{name}: batch {spec['batch']}, dim {spec['dim']}, N {spec['state']}, L {spec['length']}, "
         f"groups {spec['groups']}, z {spec['z']}; float32, {torch.get_num_threads()} threads"
     )
-    header = f"{'':34}{'median s':>10}{'min-max s':>20}{'x ref':>8}{'M upd/s':>10}{'% exp':>7}{'rel err':>10}"
+    header = (
+        f"{'':34}{'median s':>10}{'min-max s':>20}{'x ref':>8}{'x fp32':>8}{'M upd/s':>10}{'% exp':>7}{'rel err':>10}"
+    )
     for section, title, err_key in (
         ("forward", "forward", "rel_err_vs_float64"),
         ("backward", "forward+backward", "grad_rel_err_vs_float64"),
@@ -192,10 +209,11 @@ def print_table(name, res, exp_rate) -> None:
         if not rows:
             continue
         ref = rows.get("reference", {}).get("median_s")
+        loop = rows.get("loop_fp32", {}).get("median_s")
         length = next(iter(rows.values())).get("length", spec["length"])
         print(header if section == "forward" else "")
         for b, r in rows.items():
-            ratio = f"{ref / r['median_s']:8.1f}" if ref else f"{'-':>8}"
+            ratio = "".join(f"{base / r['median_s']:8.1f}" if base else f"{'-':>8}" for base in (ref, loop))
             err = f"{r[err_key]:10.1e}" if err_key else f"{'-':>10}"
             label = f"{title} L {length}: {b}"
             print(
@@ -246,7 +264,7 @@ def main(argv=None) -> None:
     for spec in specs.values():
         steps += 2 * opts.repeats * len(opts.backends)
         if spec["length"] > opts.backward_length:
-            steps += opts.repeats * len([b for b in opts.full_backward if b in opts.backends and b != "reference"])
+            steps += opts.repeats * len([b for b in opts.full_backward if b in opts.backends and b not in PER_STEP])
     report = {
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),

@@ -114,6 +114,18 @@ def test_float64_stays_float64(backend):
     assert _rel_err(out, _oracle(args, delta_softplus=True)) < 1e-12
 
 
+def test_reference_computes_in_float64_whatever_the_input_dtype():
+    args = _inputs(2, 8, 4, 23, groups=2, extras=True)
+    out, last = selective_scan(**args, delta_softplus=True, return_last_state=True, backend="reference")
+    out64, last64 = selective_scan(
+        **{k: v.double() for k, v in args.items()}, delta_softplus=True, return_last_state=True, backend="reference"
+    )
+    assert out.dtype == last.dtype == torch.float32
+    # the float32 inputs are exact in float64, so only the final rounding differs: bit for bit
+    torch.testing.assert_close(out, out64.float(), rtol=0, atol=0)
+    torch.testing.assert_close(last, last64.float(), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("dt_scale", [50.0, 1.0, 1e-4])
 def test_extreme_dt_stays_finite_and_exact(dt_scale, backend):

@@ -2,12 +2,14 @@
 
 Inside a chunk of T steps let cum_t = A * (dt_1 + ... + dt_t) per (channel, state) and v_s = dt_s * B_s * u_s. Then
 
-    x_t = exp(cum_t) * (x_0 + sum_{s <= t} exp(-cum_s) * v_s),
+    x_t = exp(cum_t) * (x_0 + sum_{s <= t} v_s / exp(cum_s)),
 
-so every state of the chunk comes from one cumulative sum and two exponentials per (step, channel, state): no
-(T, T) matrices, and only one chunk's (batch, dim, T, N) temporaries at a time.
+so every state of the chunk comes from one cumulative sum of dt (N times smaller than the states), one exponential,
+one division and one cumulative sum per (step, channel, state): no (T, T) matrices, and only one chunk's
+(batch, dim, T, N) temporaries at a time. The chunk's tensors are time-major, (b, G, T, channels, N): the cumulative
+sum then adds whole contiguous slabs, and the output y_t = x_t . C_t is one batched matrix-vector product.
 
-The factor exp(-cum_s) leaves the float32 range once the in-chunk log-decay passes ~88 (large dt or long chunks).
+exp(cum_s) leaves float32's normal range once the in-chunk log-decay passes ~87 (large dt or long chunks).
 Exact guard: the (batch, channel) rows of a chunk whose total log-decay passes ``_GUARD`` are re-done with the
 per-step recurrence x_t = exp(dt_t A) x_{t-1} + v_t (multiplicative, so it can only underflow), and their factorised
 values are computed from a zeroed log-decay so that they stay finite (a NaN in the discarded branch of a select
@@ -19,41 +21,46 @@ from torch import Tensor
 
 from ._scan_common import compute_dtype, epilogue, grouped_bc, prepare_delta
 
-# exp(60) ~ 1e26 leaves 12 orders of magnitude of headroom below float32's 3.4e38 for |v| and the running sum
+# exp(-60) ~ 1e-26 leaves 12 orders of magnitude of headroom above float32's smallest normal number for the division
 _GUARD = 60.0
+# steps per chunk: 8 keeps a chunk's (batch, dim, T, N) temporaries of a VMamba-T stage-1 batch of 8 near the L2
+# cache (3 MB); at 16 or 32 the same scan runs 1.3-1.9x slower on a 2-core CPU (benchmarks/selective_scan.py)
+CHUNK_SIZE = 8
 
 
 def _chunk(dt: Tensor, w: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    """One chunk: dt, w = dt * u (b, G, dg, T); A (G, dg, N); Bt, Ct (b, G, T, N); x (b, G, dg, N).
+    """One chunk, time-major: dt, w = dt * u (b, G, T, dg); A (G, dg, N); Bt, Ct (b, G, T, N); x (b, G, dg, N).
 
-    Returns y (b, G, dg, T) and the state after the chunk (b, G, dg, N).
+    Returns y (b, G, T, dg) and the state after the chunk (b, G, dg, N).
     """
-    dA = dt[..., None] * A[:, :, None, :]  # (b, G, dg, T, N)
-    cum = dA.cumsum(-2)
-    v = w[..., None] * Bt[:, :, None]  # (b, G, dg, T, N)
-    risky = (cum[..., -1, :] < -_GUARD).any(-1)  # (b, G, dg): rows whose factorised form could overflow
+    cum = dt.cumsum(2)[..., None] * A[:, None]  # (b, G, T, dg, N)
+    risky = (cum[:, :, -1] < -_GUARD).any(-1)  # (b, G, dg): rows whose factorised form could underflow
     any_risky = bool(risky.any())
     if any_risky:
-        cum = cum.masked_fill(risky[..., None, None], 0.0)
-    states = torch.exp(cum) * (torch.cumsum(torch.exp(-cum) * v, dim=-2) + x[..., None, :])
+        cum = cum.masked_fill(risky[:, :, None, :, None], 0.0)
+    decay = torch.exp(cum)
+    v = w[..., None] * Bt[:, :, :, None]  # (b, G, T, dg, N)
+    states = decay * (torch.cumsum(v / decay, dim=2) + x[:, :, None])
     if any_risky:
-        # the per-step recurrence on the risky rows only, then scattered back over their (finite) placeholders
-        dA_r, v_r, x_r = dA[risky], v[risky], x[risky]  # (k, T, N), (k, T, N), (k, N)
+        # the per-step recurrence on the risky rows only, channel-major (k, T, N), then scattered back over their
+        # (finite) placeholders
+        dt_r, v_r, x_r = dt.movedim(2, 3)[risky], v.movedim(2, 3)[risky], x[risky]
+        A_r = A.expand(risky.shape[0], *A.shape)[risky]
         steps = []
-        for t in range(dA_r.shape[1]):
-            x_r = torch.exp(dA_r[:, t]) * x_r + v_r[:, t]
+        for t in range(dt_r.shape[1]):
+            x_r = torch.exp(dt_r[:, t, None] * A_r) * x_r + v_r[:, t]
             steps.append(x_r)
-        exact = torch.index_put(torch.zeros_like(states), (risky,), torch.stack(steps, dim=1))
-        states = torch.where(risky[..., None, None], exact, states)
-    y = (states * Ct[:, :, None]).sum(-1)
-    return y, states[..., -1, :]
+        exact = torch.index_put(torch.zeros_like(states.movedim(2, 3)), (risky,), torch.stack(steps, dim=1))
+        states = torch.where(risky[:, :, None, :, None], exact.movedim(3, 2), states)
+    y = (states @ Ct[..., None]).squeeze(-1)
+    return y, states[:, :, -1]
 
 
 def _prologue(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, delta_bias: Tensor | None, softplus: bool, dtype
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Full-length inputs of the chunk loop in the compute dtype: dt, w = dt * u (b, G, dg, L); A (G, dg, N);
-    time-major B and C (b, G, L, N), so that each chunk's slice broadcasts over channels with N innermost."""
+    """Full-length, time-major inputs of the chunk loop in the compute dtype: dt, w = dt * u (b, G, L, dg);
+    A (G, dg, N); B and C (b, G, L, N), so that each chunk's slice is contiguous and broadcasts with N innermost."""
     batch, dim, length = u.shape
     Bg, Cg = grouped_bc(B.to(dtype), C.to(dtype))
     groups = Bg.shape[1]
@@ -61,7 +68,14 @@ def _prologue(
     Bt, Ct = Bg.transpose(-1, -2).contiguous(), Cg.transpose(-1, -2).contiguous()
     dt = prepare_delta(delta, delta_bias, softplus, dtype).view(batch, groups, per_group, length)
     w = dt * u.to(dtype).view(batch, groups, per_group, length)
+    dt, w = dt.transpose(2, 3).contiguous(), w.transpose(2, 3).contiguous()
     return dt, w, A.to(dtype).view(groups, per_group, A.shape[1]), Bt, Ct
+
+
+def _channel_major(y: Tensor) -> Tensor:
+    """(b, G, L, dg) -> (b, G * dg, L)."""
+    batch, groups, length, per_group = y.shape
+    return y.transpose(2, 3).reshape(batch, groups * per_group, length)
 
 
 def _bounds(length: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -69,16 +83,16 @@ def _bounds(length: int, chunk_size: int) -> list[tuple[int, int]]:
 
 
 def _scan_chunks(dt, w, A, Bt, Ct, chunk_size: int) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """y (b, G, dg, L), the last state and the state entering every chunk."""
-    batch, groups, per_group, length = dt.shape
+    """y (b, G, L, dg), the last state and the state entering every chunk."""
+    batch, groups, length, per_group = dt.shape
     x = dt.new_zeros(batch, groups, per_group, A.shape[-1])
     ys, starts = [], []
     # A Python loop over chunks keeps the (b, dim, T, N) temporaries to one chunk at a time
     for start, stop in _bounds(length, chunk_size):
         starts.append(x)
-        y, x = _chunk(dt[..., start:stop], w[..., start:stop], A, Bt[:, :, start:stop], Ct[:, :, start:stop], x)
+        y, x = _chunk(dt[:, :, start:stop], w[:, :, start:stop], A, Bt[:, :, start:stop], Ct[:, :, start:stop], x)
         ys.append(y)
-    return torch.cat(ys, dim=-1), x, starts
+    return torch.cat(ys, dim=2), x, starts
 
 
 def selective_scan_chunked(
@@ -91,15 +105,15 @@ def selective_scan_chunked(
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
-    chunk_size: int = 16,
+    chunk_size: int = CHUNK_SIZE,
 ) -> tuple[Tensor, Tensor]:
     """Return (out in u's dtype, last state (batch, dim, N) in the compute dtype)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-    batch, dim, length = u.shape
+    batch, dim, _ = u.shape
     y, x, _ = _scan_chunks(*_prologue(u, delta, A, B, C, delta_bias, delta_softplus, dtype), chunk_size)
-    out = epilogue(y.reshape(batch, dim, length), u, D, z)
+    out = epilogue(_channel_major(y), u, D, z)
     return out.to(u.dtype), x.reshape(batch, dim, A.shape[1])
 
 
@@ -124,7 +138,7 @@ def selective_scan_chunked_backward(
     op's kernel runs with the autograd keys excluded; functorch's transforms re-enable them for their own level).
     """
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-    batch, dim, length = u.shape
+    length = u.shape[2]
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     slots = [i for i, t in enumerate(inputs) if t is not None]
 
@@ -140,7 +154,7 @@ def selective_scan_chunked_backward(
 
     def finish(y, *present):
         u_, _, _, _, _, D_, z_, _ = full(present)
-        return epilogue(y.reshape(batch, dim, length), u_, D_, z_).to(u.dtype)
+        return epilogue(_channel_major(y), u_, D_, z_).to(u.dtype)
 
     present = [inputs[i] for i in slots]
     (dt, w, Ag, Bt, Ct), prologue_vjp = torch.func.vjp(prologue, *present)
@@ -150,10 +164,10 @@ def selective_scan_chunked_backward(
     g_dt, g_w, g_A, g_B, g_C = (torch.zeros_like(t) for t in (dt, w, Ag, Bt, Ct))
     g_x = grad_state.to(dtype).reshape(starts[0].shape)
     for (start, stop), x in zip(reversed(_bounds(length, chunk_size)), reversed(starts)):
-        chunk_inputs = (dt[..., start:stop], w[..., start:stop], Ag, Bt[:, :, start:stop], Ct[:, :, start:stop], x)
+        chunk_inputs = (dt[:, :, start:stop], w[:, :, start:stop], Ag, Bt[:, :, start:stop], Ct[:, :, start:stop], x)
         _, chunk_vjp = torch.func.vjp(_chunk, *chunk_inputs)
-        gdt, gw, gA, gB, gC, g_x = chunk_vjp((grad_y[..., start:stop], g_x))
-        g_dt[..., start:stop], g_w[..., start:stop] = gdt, gw
+        gdt, gw, gA, gB, gC, g_x = chunk_vjp((grad_y[:, :, start:stop], g_x))
+        g_dt[:, :, start:stop], g_w[:, :, start:stop] = gdt, gw
         g_B[:, :, start:stop], g_C[:, :, start:stop] = gB, gC
         g_A += gA
     grads = [a + b for a, b in zip(grads, prologue_vjp((g_dt, g_w, g_A, g_B, g_C)))]

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from ._scan_chunked import selective_scan_chunked, selective_scan_chunked_backward
+from ._scan_chunked import CHUNK_SIZE, selective_scan_chunked, selective_scan_chunked_backward
 from ._scan_common import compute_dtype, validate
 from ._scan_reference import selective_scan_reference
 
@@ -224,7 +224,7 @@ def selective_scan(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     backend: str | None = None,
-    chunk_size: int = 16,
+    chunk_size: int = CHUNK_SIZE,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """mamba_ssm's ``selective_scan_fn``: out (u's dtype), plus the last state (batch, dim, N) if asked.
 
