@@ -53,7 +53,9 @@ def _chunk(dt: Tensor, w: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, x: Tensor) 
         exact = torch.index_put(torch.zeros_like(states.movedim(2, 3)), (risky,), torch.stack(steps, dim=1))
         states = torch.where(risky[:, :, None, :, None], exact.movedim(3, 2), states)
     y = (states @ Ct[..., None]).squeeze(-1)
-    return y, states[:, :, -1]
+    # a copy, not a view: the caller keeps every chunk's entering state, and a view would keep the chunk's whole
+    # (b, G, T, dg, N) states alive with it (T times the memory, and fresh pages for every chunk)
+    return y, states[:, :, -1].clone()
 
 
 def _prologue(
@@ -82,14 +84,15 @@ def _bounds(length: int, chunk_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + chunk_size, length)) for start in range(0, length, chunk_size)]
 
 
-def _scan_chunks(dt, w, A, Bt, Ct, chunk_size: int) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """y (b, G, L, dg), the last state and the state entering every chunk."""
+def _scan_chunks(dt, w, A, Bt, Ct, chunk_size: int, keep_starts: bool) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """y (b, G, L, dg), the last state and, if ``keep_starts`` (for the backward), the state entering every chunk."""
     batch, groups, length, per_group = dt.shape
     x = dt.new_zeros(batch, groups, per_group, A.shape[-1])
     ys, starts = [], []
     # A Python loop over chunks keeps the (b, dim, T, N) temporaries to one chunk at a time
     for start, stop in _bounds(length, chunk_size):
-        starts.append(x)
+        if keep_starts:
+            starts.append(x)
         y, x = _chunk(dt[:, :, start:stop], w[:, :, start:stop], A, Bt[:, :, start:stop], Ct[:, :, start:stop], x)
         ys.append(y)
     return torch.cat(ys, dim=2), x, starts
@@ -112,7 +115,7 @@ def selective_scan_chunked(
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     batch, dim, _ = u.shape
-    y, x, _ = _scan_chunks(*_prologue(u, delta, A, B, C, delta_bias, delta_softplus, dtype), chunk_size)
+    y, x, _ = _scan_chunks(*_prologue(u, delta, A, B, C, delta_bias, delta_softplus, dtype), chunk_size, False)
     out = epilogue(_channel_major(y), u, D, z)
     return out.to(u.dtype), x.reshape(batch, dim, A.shape[1])
 
@@ -158,7 +161,7 @@ def selective_scan_chunked_backward(
 
     present = [inputs[i] for i in slots]
     (dt, w, Ag, Bt, Ct), prologue_vjp = torch.func.vjp(prologue, *present)
-    y, _, starts = _scan_chunks(dt, w, Ag, Bt, Ct, chunk_size)
+    y, _, starts = _scan_chunks(dt, w, Ag, Bt, Ct, chunk_size, True)
     _, finish_vjp = torch.func.vjp(finish, y, *present)
     grad_y, *grads = finish_vjp(grad_out)
     g_dt, g_w, g_A, g_B, g_C = (torch.zeros_like(t) for t in (dt, w, Ag, Bt, Ct))
