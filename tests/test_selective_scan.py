@@ -8,6 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mambaout.ops import scan_backend, selective_scan
+from mambaout.ops._scan_chunked import default_chunk_size
 
 scan_module = importlib.import_module("mambaout.ops.selective_scan")  # the package exports the function by that name
 
@@ -92,6 +93,13 @@ def test_chunk_size_does_not_change_the_result(chunk_size):
     args = _inputs(2, 8, 4, 37, groups=2)
     out = selective_scan(**args, delta_softplus=True, chunk_size=chunk_size, backend="chunked")
     assert _rel_err(out, _oracle(args, delta_softplus=True)) < 1e-5
+
+
+def test_default_chunk_keeps_temporaries_near_the_l2_cache():
+    assert default_chunk_size(8, 768, 16) == 8  # VMamba-T stage 1 and Vim-Ti: 8 x 768 x 8 x 16 = 786K elements
+    assert default_chunk_size(8, 768, 1) == 32  # VMamba2's N = 1: capped at 32 steps
+    assert default_chunk_size(1, 8, 4) == 32
+    assert default_chunk_size(64, 1536, 16) == 8  # never below 8 steps
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
@@ -297,6 +305,27 @@ def test_gradients_with_large_dt_match_float64_oracle(backend):
     for name in args:
         assert torch.isfinite(got[name]).all(), name
         assert _rel_err(got[name], expected[name]) < 1e-4, name
+
+
+@pytest.mark.parametrize("chunk_log_decay", [28.0, 45.0])
+def test_chunked_gradients_stay_accurate_on_both_sides_of_the_guard(chunk_log_decay):
+    # an 8-step chunk's log-decay just inside the overflow guard (closed form) and past it (per-step recurrence);
+    # with the guard at 60, a log-decay of 45 took the closed form and A's gradient was off by 1.7e-4
+    args = _inputs(1, 8, 4, 24, groups=2)
+    args["delta"] = torch.full_like(args["delta"], chunk_log_decay / 8)
+    args["A"] = -0.9 - 0.1 * torch.rand(8, 4)
+    weight = torch.randn(1, 8, 24)
+
+    def grads(tensors, backend):
+        tensors = {k: v.detach().requires_grad_() for k, v in tensors.items()}
+        out = selective_scan(**tensors, backend=backend, chunk_size=8)
+        return dict(zip(tensors, torch.autograd.grad((out * weight.to(out.dtype)).sum(), list(tensors.values()))))
+
+    got = grads(args, "chunked")
+    expected = grads({k: v.double() for k, v in args.items()}, "reference")
+    for name in args:
+        assert torch.isfinite(got[name]).all(), name
+        assert _rel_err(got[name], expected[name]) < 5e-5, name
 
 
 def test_scan_backend_context_sets_the_default_and_is_restored():

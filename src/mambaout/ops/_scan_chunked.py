@@ -9,7 +9,9 @@ one division and one cumulative sum per (step, channel, state): no (T, T) matric
 (batch, dim, T, N) temporaries at a time. The chunk's tensors are time-major, (b, G, T, channels, N): the cumulative
 sum then adds whole contiguous slabs, and the output y_t = x_t . C_t is one batched matrix-vector product.
 
-exp(cum_s) leaves float32's normal range once the in-chunk log-decay passes ~87 (large dt or long chunks).
+exp(cum_s) leaves float32's normal range once the in-chunk log-decay passes ~87 (large dt or long chunks), the
+gradient of the division (-v / exp(cum)^2) once it passes ~44, and the gradient w.r.t. A loses precision long before
+(3e-5 relative at 40, 9e-4 at 59, against 1e-5 below 30).
 Exact guard: the (batch, channel) rows of a chunk whose total log-decay passes ``_GUARD`` are re-done with the
 per-step recurrence x_t = exp(dt_t A) x_{t-1} + v_t (multiplicative, so it can only underflow), and their factorised
 values are computed from a zeroed log-decay so that they stay finite (a NaN in the discarded branch of a select
@@ -21,11 +23,18 @@ from torch import Tensor
 
 from ._scan_common import compute_dtype, epilogue, grouped_bc, prepare_delta
 
-# exp(-60) ~ 1e-26 leaves 12 orders of magnitude of headroom above float32's smallest normal number for the division
-_GUARD = 60.0
-# steps per chunk: 8 keeps a chunk's (batch, dim, T, N) temporaries of a VMamba-T stage-1 batch of 8 near the L2
-# cache (3 MB); at 16 or 32 the same scan runs 1.3-1.9x slower on a 2-core CPU (benchmarks/selective_scan.py)
-CHUNK_SIZE = 8
+# exp(-30) ~ 1e-13: the division and its gradient stay far inside float32's range, and A's gradient within ~1e-5
+_GUARD = 30.0
+# a chunk's (batch, dim, T, N) temporaries are kept near this many elements (2 MB of float32, within one core's L2),
+# within 8 and 32 steps: at the VMamba-T stage-1 and Vim-Ti shapes (N = 16) that is 8 steps, and 16 or 32 run those
+# 1.3-1.9x slower on a 2-core CPU; with VMamba2's N = 1, 32 steps run 1.2x faster than 8 (fewer, larger operations)
+_CHUNK_ELEMENTS = 1 << 19
+_MIN_CHUNK, _MAX_CHUNK = 8, 32
+
+
+def default_chunk_size(batch: int, dim: int, state: int) -> int:
+    """Steps per chunk for a (batch, dim, L) scan with N = ``state``: temporaries of about _CHUNK_ELEMENTS."""
+    return max(_MIN_CHUNK, min(_MAX_CHUNK, _CHUNK_ELEMENTS // (batch * dim * state)))
 
 
 def _chunk(dt: Tensor, w: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -108,9 +117,12 @@ def selective_scan_chunked(
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Return (out in u's dtype, last state (batch, dim, N) in the compute dtype)."""
+    """Return (out in u's dtype, last state (batch, dim, N) in the compute dtype); ``chunk_size=None``: see
+    `default_chunk_size`."""
+    if chunk_size is None:
+        chunk_size = default_chunk_size(u.shape[0], u.shape[1], A.shape[1])
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)

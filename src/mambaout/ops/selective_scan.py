@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from ._scan_chunked import CHUNK_SIZE, selective_scan_chunked, selective_scan_chunked_backward
+from ._scan_chunked import default_chunk_size, selective_scan_chunked, selective_scan_chunked_backward
 from ._scan_common import compute_dtype, validate
 from ._scan_reference import selective_scan_reference
 
@@ -224,18 +224,21 @@ def selective_scan(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     backend: str | None = None,
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """mamba_ssm's ``selective_scan_fn``: out (u's dtype), plus the last state (batch, dim, N) if asked.
 
-    ``backend=None`` takes the one set by `scan_backend(...)`, else "auto". ``chunk_size`` only affects ``chunked``.
+    ``backend=None`` takes the one set by `scan_backend(...)`, else "auto". ``chunk_size`` (steps per chunk) only
+    affects ``chunked``; None sizes the chunk's temporaries to the L2 cache (8 to 32 steps).
     """
     backend = backend or _context_backend.get()
     if backend not in BACKENDS:
         raise ValueError(f"unknown selective-scan backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     validate(u, delta, A, B, C, D, z, delta_bias)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(u.shape[0], u.shape[1], A.shape[1])
     if backend == "reference":
         out, state = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     else:
