@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mambaout.ops import scan_backend, selective_scan
-from mambaout.ops._scan_chunked import default_chunk_size
+from mambaout.ops._scan_chunked import _chunk, default_chunk_size
 
 scan_module = importlib.import_module("mambaout.ops.selective_scan")  # the package exports the function by that name
 
@@ -93,6 +93,23 @@ def test_chunk_size_does_not_change_the_result(chunk_size):
     args = _inputs(2, 8, 4, 37, groups=2)
     out = selective_scan(**args, delta_softplus=True, chunk_size=chunk_size, backend="chunked")
     assert _rel_err(out, _oracle(args, delta_softplus=True)) < 1e-5
+
+
+def test_a_chunk_state_does_not_hold_on_to_the_chunk_temporaries():
+    # the backward keeps the state entering every chunk: were each a view of its chunk's (b, G, T, dg, N) states,
+    # all of them would stay alive (~1.2 GB at the VMamba-T stage-1 shape)
+    batch, groups, steps, per_group, state = 2, 2, 8, 4, 3
+    y, last = _chunk(
+        torch.rand(batch, groups, steps, per_group),
+        torch.randn(batch, groups, steps, per_group),
+        -torch.rand(groups, per_group, state),
+        torch.randn(batch, groups, steps, state),
+        torch.randn(batch, groups, steps, state),
+        torch.zeros(batch, groups, per_group, state),
+    )
+    assert y.shape == (batch, groups, steps, per_group)
+    assert last.shape == (batch, groups, per_group, state)
+    assert last.untyped_storage().nbytes() == last.numel() * last.element_size()
 
 
 def test_default_chunk_keeps_temporaries_near_the_l2_cache():
