@@ -26,8 +26,7 @@ import torch
 from tqdm import tqdm
 
 from mambaout.ops import selective_scan
-from mambaout.ops._scan_common import compute_dtype
-from mambaout.ops._scan_reference import per_step_scan
+from mambaout.ops._scan_reference import selective_scan_reference
 
 SHAPES = {
     # VMamba-T stage 1: 4 scan directions x 192 channels, one (B, C) group per direction, no z
@@ -81,10 +80,9 @@ def mambapy_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
     return y
 
 
-def loop_fp32_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """The reference's per-step loop, computed in float32 (float64 inputs stay float64)."""
-    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-    return per_step_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dtype)[0]
+def loop_fp32_scan(**kwargs):
+    """The reference's per-step loop, computed in float32 instead of float64."""
+    return selective_scan_reference(**kwargs, compute_in=torch.float32)[0]
 
 
 def scan_fn(backend: str) -> Callable:

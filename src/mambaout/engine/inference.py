@@ -327,17 +327,20 @@ def prepare_for_inference(
     device = torch.device(device)
 
     model = model.eval().to(device)
-    split_blocks = 0
-    if split:
-        model = copy.deepcopy(model)
-        split_blocks = split_gated_projections(model)
     folded: list[str] = []
+    copied = False
     if fold:
         try:
             probe = example_input(model, input_size, device) if sample is None else sample.to(device)
             model, folded = fold_layer_norms(model, probe)
+            copied = True
         except FoldError as error:
             warnings.warn(f"norm folding skipped: {error}", RuntimeWarning, stacklevel=2)
+    split_blocks = 0
+    if split:
+        # after folding, on its copy: splitting fc1's rows is exact whether or not the norm is folded into them
+        model = model if copied else copy.deepcopy(model)
+        split_blocks = split_gated_projections(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     wrapped = InferenceModel(model, device.type, precision, channels_last, _compile(model) if compile else None)

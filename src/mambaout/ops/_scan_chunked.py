@@ -123,8 +123,6 @@ def selective_scan_chunked(
     `default_chunk_size`."""
     if chunk_size is None:
         chunk_size = default_chunk_size(u.shape[0], u.shape[1], A.shape[1])
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     batch, dim, _ = u.shape
     y, x, _ = _scan_chunks(*_prologue(u, delta, A, B, C, delta_bias, delta_softplus, dtype), chunk_size, False)
@@ -144,7 +142,7 @@ def selective_scan_chunked_backward(
     z: Tensor | None,
     delta_bias: Tensor | None,
     delta_softplus: bool,
-    chunk_size: int,
+    chunk_size: int | None,
 ) -> list[Tensor | None]:
     """Gradients for (u, delta, A, B, C, D, z, delta_bias); None for an absent input.
 
@@ -154,6 +152,8 @@ def selective_scan_chunked_backward(
     """
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     length = u.shape[2]
+    if chunk_size is None:
+        chunk_size = default_chunk_size(u.shape[0], u.shape[1], A.shape[1])
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     slots = [i for i, t in enumerate(inputs) if t is not None]
 

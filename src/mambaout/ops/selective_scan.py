@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from ._scan_chunked import default_chunk_size, selective_scan_chunked, selective_scan_chunked_backward
+from ._scan_chunked import selective_scan_chunked, selective_scan_chunked_backward
 from ._scan_common import compute_dtype, validate
 from ._scan_reference import selective_scan_reference
 
@@ -112,7 +112,7 @@ def _scan_op(
     z: Tensor | None,
     delta_bias: Tensor | None,
     delta_softplus: bool,
-    chunk_size: int,
+    chunk_size: int | None,
     implementation: str = "chunked",
 ) -> tuple[Tensor, Tensor]:
     if implementation == "numba":
@@ -144,7 +144,7 @@ def _scan_backward_op(
     z: Tensor | None,
     delta_bias: Tensor | None,
     delta_softplus: bool,
-    chunk_size: int,
+    chunk_size: int | None,
     implementation: str = "chunked",
 ) -> list[Tensor]:
     """Gradients for (u, delta, A, B, C, D, z, delta_bias); an absent optional input gets an empty tensor."""
@@ -237,8 +237,6 @@ def selective_scan(
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     validate(u, delta, A, B, C, D, z, delta_bias)
-    if chunk_size is None:
-        chunk_size = default_chunk_size(u.shape[0], u.shape[1], A.shape[1])
     if backend == "reference":
         out, state = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     else:
