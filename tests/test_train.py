@@ -182,7 +182,7 @@ def test_corrupt_files_are_skipped_and_listed(tmp_path):
     for path in planted:
         if "train" in path.parts:
             assert str(path) in listed
-    assert result.final.skipped == 1  # the val file, excluded from the accuracy
+    assert result.final_metrics["val_skipped"] == 1  # the val file, excluded from the accuracy
     row = next(csv.DictReader((tmp_path / "run" / "summary.csv").read_text().splitlines()))
     assert int(row["train_skipped"]) == 3 and int(row["val_skipped"]) == 1
 

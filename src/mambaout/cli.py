@@ -17,7 +17,7 @@ from .analysis.transformer_flops import transformer_block_flops
 from .checkpoints import CheckpointError
 from .data.folder import DatasetError
 from .data.images import ImageReadError
-from .engine.train_config import ConfigError
+from .engine.train_config import ConfigError, TrainConfig
 from .engine.validate import DeviceError
 from .errors import InputSizeError, TrainingDivergedError
 from .registry import UnknownModelError, get_model_spec, list_models
@@ -139,26 +139,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine.train import train
-    from .engine.train_config import TrainConfig, config_fields
 
-    options = {f.name: getattr(args, f.name) for f in config_fields()}
-    result = train(TrainConfig(**options))
+    result = train(_config_from_args(args))
     if result.best_metric is not None:
         print(f"best {args.eval_metric} {result.best_metric:.4f} at epoch {result.best_epoch}")
     print(f"checkpoints and logs: {result.output_dir}")
     return 0
 
 
+def _config_from_args(args: argparse.Namespace):
+    """The command's EngineConfig subclass (set by `_add_train_arguments`) filled from the parsed options."""
+    return args.config_class(**{f.name: getattr(args, f.name) for f in args.config_class.fields()})
+
+
 _TYPES = {"int": int, "float": float, "str": str}
 
 
-def _add_train_arguments(p: argparse.ArgumentParser, config_defaults: dict | None) -> None:
-    """One option per TrainConfig field (help and defaults live there); `-c config.yaml` supplies defaults."""
-    from .engine.train_config import config_fields
-
+def _add_train_arguments(p: argparse.ArgumentParser, config_class: type, config_defaults: dict | None) -> None:
+    """One option per field of `config_class` (an EngineConfig: help and defaults live there); `-c config.yaml`
+    supplies defaults. Every training command of the one engine (train, detect-train, segment-train) uses this."""
+    p.set_defaults(config_class=config_class)
     p.add_argument("-c", "--config", help="YAML file of options (keys as the long options); the command line wins")
     short = {"batch_size": ["-b"], "workers": ["-j"]}
-    for f in config_fields():
+    for f in config_class.fields():
         if f.name == "data_dir":
             p.add_argument("data_dir", help=f.metadata["help"])
             continue
@@ -271,7 +274,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
+def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.ArgumentParser:
+    """The parser; `config_defaults` maps a training command to the options its `-c` file gives."""
+    config_defaults = config_defaults or {}
     parser = argparse.ArgumentParser(prog="mambaout", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -312,7 +317,7 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("train", help="train on a folder dataset with the official recipe (torchrun for DDP)")
-    _add_train_arguments(p, train_defaults)
+    _add_train_arguments(p, TrainConfig, config_defaults.get("train"))
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("validate", help="top-1/top-5 accuracy on DATA_DIR/<split>/<class>/<images> (ImageNet layout)")
@@ -374,11 +379,12 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "train" and args.config:  # the file's options become defaults: explicit flags still win
-        from .engine.train_config import ConfigError, read_config_file
+    if getattr(args, "config", None):  # a training command's -c file: its options are defaults, flags still win
+        from .engine.train_config import read_config_file
 
         try:
-            args = build_parser(read_config_file(args.config)).parse_args(argv)
+            defaults = read_config_file(args.config, args.config_class)
+            args = build_parser({args.command: defaults}).parse_args(argv)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -95,5 +95,5 @@ def run_quickstart(
     model = create_model(options["model"], checkpoint=checkpoint)
     predicted, _ = predict_files(model, images, topk=1, input_size=(size, size))
     predictions = [(p.path, Path(p.path).parent.name, p.top[0].label, p.top[0].probability) for p in predicted]
-    return QuickstartReport(data, result.output_dir, checkpoint, validation, result.train_images_per_second,
+    return QuickstartReport(data, result.output_dir, checkpoint, validation, result.train_rate,
                             predictions)  # fmt: skip

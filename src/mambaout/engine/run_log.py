@@ -67,7 +67,7 @@ class RunLog:
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
-    """Loss, accuracy and learning rate against epoch, side by side."""
+    """Losses, validation metrics (accuracy, AP, mIoU: whatever the task logs) and learning rate against epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,11 +77,11 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
         points = [(int(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
         return [p[0] for p in points], [p[1] for p in points]
 
-    panels = [
-        ("loss", [("train_loss", "train"), ("val_loss", "val"), ("ema_val_loss", "val (EMA)")]),
-        ("accuracy (%)", [("val_top1", "top-1"), ("val_top5", "top-5"), ("ema_val_top1", "top-1 (EMA)")]),
-        ("learning rate", [("lr", "lr")]),
-    ]
+    columns = list(dict.fromkeys(key for r in rows for key in r))
+    losses = [(key, key.replace("_", " ")) for key in columns if key.endswith("loss")]
+    scores = [(key, key.replace("_", " ")) for key in columns
+              if key.startswith(("val_", "ema_val_")) and not key.endswith(("loss", "skipped"))]  # fmt: skip
+    panels = [("loss", losses), ("validation", scores), ("learning rate", [("lr", "lr")])]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, (title, keys) in zip(axes, panels):
         for key, label in keys:

@@ -1,0 +1,365 @@
+"""The one training loop every task runs: one process per device under `torchrun` (or a single process).
+
+A task (`engine.task.Task`: classification, detection, segmentation) supplies the model, data, loss, metric and
+schedule; everything else is here, once: DDP, AMP, gradient accumulation and clipping, the NaN stop, EMA, atomic
+checkpoints, exact resume, the run folder's logs and curves, progress bars.
+
+Exact resume: the data order is a function of (seed, epoch) (the task's sampler takes `set_epoch`) and every
+process's random states are saved with each checkpoint, so a run killed at any point and resumed from its last
+checkpoint repeats the interrupted epoch exactly and ends with the same weights as an uninterrupted run (on the same
+machine, with deterministic kernels: CPU, or --deterministic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.utils import ModelEmaV3, random_seed
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..data.folder import DatasetError, SkipLog
+from ..errors import TrainingDivergedError
+from . import distributed
+from .checkpointing import (
+    CheckpointKeeper,
+    capture_rng,
+    find_resume_checkpoint,
+    has_checkpoints,
+    load_training_checkpoint,
+    restore_rng,
+)
+from .inference import PRECISIONS
+from .run_log import RunLog
+from .task import Batch, Task, TaskParts
+from .train_config import ConfigError
+
+log = logging.getLogger("mambaout")
+
+
+@dataclass
+class FitResult:
+    output_dir: Path
+    epochs_run: int
+    last_epoch: int
+    best_metric: float | None
+    best_epoch: int | None
+    final_metrics: dict[str, float] | None  # the last epoch's validation metrics ('val_...')
+    train_rate: float  # task units (images) per second, median over the epochs run
+    checkpoint: Path | None
+
+
+@dataclass
+class _Step:
+    """What one optimizer step needs besides the batch: built once per run."""
+
+    train_model: nn.Module
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+    ema: ModelEmaV3 | None
+
+
+def fit(task: Task) -> FitResult:
+    """Train `task` (every process of a torchrun job calls this)."""
+    env = distributed.setup(task.config.device)
+    try:
+        return _fit(task, env)
+    finally:
+        distributed.teardown()
+
+
+def _fit(task: Task, env: distributed.Distributed) -> FitResult:
+    config = task.config
+    random_seed(config.seed, env.rank)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+    parts = task.build(env)
+    train_loader, val_loader = _loaders(task, parts, env)
+    steps_per_epoch = task.steps_per_epoch(len(train_loader))
+    if config.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"{len(parts.train_set)} training samples make no full step of {config.global_batch_size(env.world_size)} "
+            "(batch-size x grad-accum-steps x processes): lower --batch-size"
+        )
+
+    model = parts.model.to(env.device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if config.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    lr = config.resolved_lr(env.world_size)
+    optimizer = task.optimizer(model, lr)
+    scheduler, total_epochs = task.schedule(optimizer, steps_per_epoch)
+    amp_dtype = PRECISIONS[config.amp] if config.amp else None
+    scaler = torch.amp.GradScaler(env.device.type) if config.amp == "fp16" else None
+    ema = ModelEmaV3(model, decay=config.model_ema_decay) if config.model_ema else None
+
+    # ---- output folder and resume
+    out = Path(config.output) / (config.experiment or task.experiment_name())
+    resume_path, state = _find_resume(config, env, out)
+    start_epoch, best = 0, {"metric": None, "epoch": None}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            if state.get("model_ema") is None:
+                raise ConfigError(f"{resume_path} was trained without --model-ema; its EMA cannot be resumed")
+            ema.module.load_state_dict(state["model_ema"])
+        rng = state["rng"]
+        if len(rng) == env.world_size:
+            restore_rng(rng[env.rank])
+        else:
+            log.warning(
+                "resumed with %d processes instead of %d: data order and augmentation differ from an uninterrupted run",
+                env.world_size,
+                len(rng),
+            )
+        start_epoch, best = state["epoch"] + 1, state["best"]
+        if env.is_main:
+            log.info("resumed from %s (epoch %d done)", resume_path, state["epoch"])
+    keeper = CheckpointKeeper(out, config.checkpoint_hist)
+    run_log = RunLog(out, resumed_epoch=start_epoch - 1 if state is not None else None) if env.is_main else None
+    if run_log is not None:
+        run_log.write_args({**config.to_dict(), "task": type(task).__name__, "world_size": env.world_size,
+                            "lr_used": lr})  # fmt: skip
+
+    train_model: nn.Module = model
+    if config.compile:
+        train_model = torch.compile(train_model)
+    if env.enabled:
+        train_model = DistributedDataParallel(
+            train_model,
+            device_ids=[env.local_rank] if env.device.type == "cuda" else None,
+            find_unused_parameters=getattr(task, "find_unused_parameters", False),
+        )
+    step = _Step(train_model, model, optimizer, scheduler, amp_dtype, scaler, ema)
+    skip_log = SkipLog(parts.skipped_while_scanning)
+    if env.is_main:
+        log.info(
+            "%s: %d processes x batch %d x %d accumulation = global batch %d, lr %.3g, %d epochs of %d steps, "
+            "output %s",
+            task.describe(parts), env.world_size, config.batch_size, config.grad_accum_steps,
+            config.global_batch_size(env.world_size), lr, total_epochs, steps_per_epoch, out,
+        )  # fmt: skip
+
+    # ---- epochs
+    final: dict[str, float] | None = None
+    rates: list[float] = []
+    last_checkpoint: Path | None = resume_path
+    for epoch in range(start_epoch, total_epochs):
+        task.on_epoch_start(epoch)
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        losses, units = _train_one_epoch(task, step, epoch, env, train_loader, steps_per_epoch, skip_log, run_log)
+        seconds = time.perf_counter() - started
+        rates.append(units / seconds)
+
+        row: dict[str, Any] = {"epoch": epoch, "lr": _mean_lr(optimizer)}
+        row.update({f"train_{name}": value for name, value in losses.items()})
+        metric = None
+        if val_loader is not None:
+            progress = _tty(env)
+            final = task.evaluate(model, val_loader, env, amp_dtype, progress)
+            row.update(final)
+            metric = final[task.metric.key]
+            if ema is not None:  # as the official script: the EMA picks best
+                ema_metrics = task.evaluate(ema.module, val_loader, env, amp_dtype, progress)
+                row.update({f"ema_{key}": value for key, value in ema_metrics.items()})
+                metric = ema_metrics[task.metric.key]
+        scheduler.step(epoch + 1, metric)
+        row.update({f"train_{task.unit}_per_second": units / seconds, "train_skipped": len(skip_log),
+                    "seconds": seconds})  # fmt: skip
+
+        is_best = metric is not None and task.metric.better(metric, best["metric"])
+        if is_best:
+            best = {"metric": metric, "epoch": epoch}
+        rng_states = distributed.all_gather_object(capture_rng())
+        if env.is_main:
+            state = {
+                **task.checkpoint_meta(),
+                "task": type(task).__name__,
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "model_ema": None if ema is None else ema.module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": None if scaler is None else scaler.state_dict(),
+                "rng": rng_states,
+                "best": best,
+                "args": config.to_dict(),
+            }
+            last_checkpoint = keeper.save(state, epoch, is_best)
+            run_log.epoch(row)
+            if len(skip_log):
+                skip_log.write(out / "skipped.txt")
+            shown = "" if final is None else ", ".join(f"{k} {v:.4g}" for k, v in final.items()) + ", "
+            log.info(
+                "epoch %d: train loss %.4f, %s%.1f %s/s%s", epoch, losses["loss"], shown, units / seconds, task.unit,
+                f"; {skip_log.summary()}" if len(skip_log) else "",
+            )  # fmt: skip
+    if run_log is not None:
+        run_log.close()
+    return FitResult(
+        output_dir=out,
+        epochs_run=total_epochs - start_epoch,
+        last_epoch=total_epochs - 1,
+        best_metric=best["metric"],
+        best_epoch=best["epoch"],
+        final_metrics=final,
+        train_rate=float(np.median(rates)) if rates else 0.0,
+        checkpoint=last_checkpoint,
+    )
+
+
+def _train_one_epoch(
+    task: Task, step: _Step, epoch: int, env: distributed.Distributed, loader: DataLoader, steps_per_epoch: int,
+    skip_log: SkipLog, run_log: RunLog | None,
+) -> tuple[dict[str, float], int]:  # fmt: skip
+    """One epoch of `steps_per_epoch` optimizer steps. Returns (mean losses over all processes, units seen)."""
+    config, model, optimizer = task.config, step.model, step.optimizer
+    step.train_model.train()
+    optimizer.zero_grad(set_to_none=True)
+    accum = config.grad_accum_steps
+    sums: dict[str, float] = {}  # loss and its parts, each summed weighted by batch size
+    count = 0
+    drawn, failures_before = 0, skip_log.transform_failures
+    progress = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not _tty(env), leave=False)
+    batches = iter(loader)
+    for index in range(steps_per_epoch):
+        for micro in range(accum):
+            batch: Batch = next(batches)
+            skip_log.add(batch.skipped)
+            drawn += batch.size + len(batch.skipped)
+            _check_transform_failures(skip_log, skip_log.transform_failures - failures_before, drawn, config, env)
+            batch = task.prepare(task.to_device(batch, env.device))
+            # every process must run the same forward/backward passes (DDP), so one empty batch skips it everywhere
+            if distributed.any_process(batch.size == 0, env.device):
+                continue
+            sync = micro == accum - 1 or not isinstance(step.train_model, DistributedDataParallel)
+            with contextlib.nullcontext() if sync else step.train_model.no_sync():
+                with torch.autocast(env.device.type, dtype=step.amp_dtype, enabled=step.amp_dtype is not None):
+                    loss, loss_parts = task.loss(step.train_model, batch)
+                value = loss.item()
+                if distributed.any_process(not math.isfinite(value), env.device):
+                    raise TrainingDivergedError(
+                        f"the loss became {value} at epoch {epoch}, step {index} (lr {_mean_lr(optimizer):.3g}); "
+                        "the last checkpoint is left as it was. Lower --lr, set --clip-grad, or use --amp bf16 "
+                        "instead of fp16, then resume with --resume auto"
+                    )
+                scaled = loss / accum
+                (step.scaler.scale(scaled) if step.scaler is not None else scaled).backward()
+            for name, part in {"loss": value, **loss_parts}.items():
+                sums[name] = sums.get(name, 0.0) + part * batch.size
+            count += batch.size
+        if step.scaler is not None:
+            step.scaler.unscale_(optimizer)
+        if config.clip_grad is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+        if step.scaler is not None:
+            step.scaler.step(optimizer)
+            step.scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        update = epoch * steps_per_epoch + index + 1
+        if step.ema is not None:
+            step.ema.update(model, step=update)
+        step.scheduler.step_update(update)
+        progress.update()
+        if count:
+            progress.set_postfix(loss=f"{sums['loss'] / count:.4f}", lr=f"{_mean_lr(optimizer):.2e}")
+        if run_log is not None and (index % config.log_interval == 0 or index == steps_per_epoch - 1) and count:
+            for name, total in sums.items():
+                run_log.scalar(f"train/{name}", total / count, update)
+            run_log.scalar("train/lr", _mean_lr(optimizer), update)
+            if not _tty(env):
+                log.info("epoch %d step %d/%d: loss %.4f lr %.3e", epoch, index + 1, steps_per_epoch,
+                         sums["loss"] / count, _mean_lr(optimizer))  # fmt: skip
+    progress.close()
+    names = sorted(sums)  # the same order on every process
+    reduced = distributed.all_reduce_sum([sums[name] for name in names] + [count], env.device)
+    total_count = reduced[-1]
+    means = {name: total / max(total_count, 1) for name, total in zip(names, reduced[:-1])}
+    means.setdefault("loss", float("nan"))
+    return means, int(total_count)
+
+
+def _check_transform_failures(skip_log: SkipLog, failures: int, drawn: int, config: Any,
+                              env: distributed.Distributed) -> None:  # fmt: skip
+    """A transform that raises now and then is skipped and listed; one that raises often stops the run."""
+    too_many = failures > 20 and failures > config.transform_failure_limit * drawn
+    if distributed.any_process(too_many, env.device):
+        failed = [item for item in skip_log if item.in_transform][:5]
+        shown = "\n".join(f"  {item.path}: {item.reason}" for item in failed)
+        raise DatasetError(
+            f"a training transform failed on {failures} of the {drawn} samples drawn this epoch (more than "
+            f"--transform-failure-limit {config.transform_failure_limit}); the last checkpoint is left as it was. "
+            f"First failures on this process:\n{shown}"
+        )
+
+
+def _loaders(task: Task, parts: TaskParts, env: distributed.Distributed) -> tuple[DataLoader, DataLoader | None]:
+    config = task.config
+    common = dict(num_workers=config.workers, collate_fn=parts.collate_fn, pin_memory=config.pin_mem,
+                  persistent_workers=False)  # fmt: skip
+    train_loader = DataLoader(parts.train_set, batch_size=config.batch_size,
+                              sampler=task.train_sampler(parts.train_set, env), drop_last=True, **common)  # fmt: skip
+    val_loader = None
+    if parts.val_set is not None:
+        val_loader = DataLoader(
+            parts.val_set,
+            batch_size=config.val_batch_size or config.batch_size,
+            sampler=distributed.ShardSampler(len(parts.val_set), env.rank, env.world_size),
+            **{**common, "collate_fn": parts.val_collate_fn or parts.collate_fn},
+        )
+    return train_loader, val_loader
+
+
+def _find_resume(config: Any, env: distributed.Distributed, out: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """Rank 0 chooses the checkpoint and every process loads it (a shared filesystem, as torchrun jobs have)."""
+    if config.resume is None:
+        if env.is_main and has_checkpoints(out):
+            raise ConfigError(
+                f"{out} already holds checkpoints of an earlier run: pass --resume auto to continue it, or choose "
+                "another --experiment / --output"
+            )
+        return None, None
+    if config.resume == "auto":
+        found = find_resume_checkpoint(out) if env.is_main else None
+        path = distributed.broadcast_object(None if found is None else str(found[0]))
+        if path is None:
+            if env.is_main:
+                log.info("--resume auto: no checkpoint in %s yet, starting from scratch", out)
+            return None, None
+        return Path(path), found[1] if env.is_main else load_training_checkpoint(path)
+    return Path(config.resume), load_training_checkpoint(config.resume)
+
+
+def _mean_lr(optimizer: torch.optim.Optimizer) -> float:
+    return sum(group["lr"] for group in optimizer.param_groups) / len(optimizer.param_groups)
+
+
+def _tty(env: distributed.Distributed) -> bool:
+    return env.is_main and sys.stderr.isatty()
