@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
+from .augment import TransformError, apply_transform
 from .images import ImageReadError, open_rgb
 
 log = logging.getLogger("mambaout")
@@ -52,6 +53,7 @@ class Skipped:
 
     path: str
     reason: str
+    in_transform: bool = False  # read fine, but a (random) transform raised on it this time
 
 
 def _visible_entries(folder: Path) -> list[os.DirEntry]:
@@ -183,7 +185,12 @@ class FolderDataset(Dataset):
             image = open_rgb(path)  # decodes the whole file: truncated data fails here
         except ImageReadError as e:
             return Skipped(path, e.reason)
-        return (self.transform(image) if self.transform is not None else image), target
+        if self.transform is None:
+            return image, target
+        try:
+            return apply_transform(self.transform, image), target
+        except TransformError as e:
+            return Skipped(path, str(e), in_transform=True)
 
     def __repr__(self) -> str:
         return (
@@ -217,11 +224,13 @@ class SkipLog:
     def __init__(self, items: Sequence[Skipped] = ()) -> None:
         self._items: dict[str, Skipped] = {}
         self.written_to: Path | None = None
+        self.transform_failures = 0  # samples a transform raised on, counted every time (it is random)
         self.add(items)
 
     def add(self, items: Sequence[Skipped]) -> None:
         for item in items:
             self._items.setdefault(item.path, item)
+            self.transform_failures += item.in_transform
 
     def __len__(self) -> int:
         return len(self._items)
@@ -244,4 +253,5 @@ class SkipLog:
         if count == 0:
             return "no unreadable files"
         where = f" (listed in {self.written_to})" if self.written_to else ""
-        return f"skipped {count} unreadable {noun}{where}"
+        failed = f", {self.transform_failures} samples failed in a transform" if self.transform_failures else ""
+        return f"skipped {count} unreadable {noun}{failed}{where}"
