@@ -1,8 +1,9 @@
 """MambaOut and the visual Mamba family in plain PyTorch."""
 
 from . import models  # noqa: F401  (fills the registry)
+from .dense.backbone import create_backbone
 from .factory import create_model, load_checkpoint, save_checkpoint
 from .registry import get_model_spec, list_models
 
-__all__ = ["create_model", "get_model_spec", "list_models", "load_checkpoint", "save_checkpoint"]
+__all__ = ["create_backbone", "create_model", "get_model_spec", "list_models", "load_checkpoint", "save_checkpoint"]
 __version__ = "0.1.0"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from typing import Any
 
+from timm.models._features import FeatureGetterNet
 from torch import nn
 
 from .checkpoints import (
@@ -27,6 +29,8 @@ def create_model(
     num_classes: int | None = None,
     drop_path_rate: float | None = None,
     use_ema: bool | None = None,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """Build a registered model; load release weights (`pretrained`) or a file of any known layout (`checkpoint`).
@@ -34,18 +38,15 @@ def create_model(
     With weights and no `num_classes`, the classifier takes the checkpoint's size; with a different
     `num_classes`, the backbone is loaded and a new classifier initialised. `use_ema=None` takes a training
     file's EMA weights only for release files whose published accuracy is the EMA model's (cfg `use_ema`).
+
+    `features_only=True` returns timm's feature extractor (`FeatureGetterNet` over `forward_intermediates`): its
+    forward gives a list of NCHW maps, one per `out_indices` entry (indices into `feature_info`: stages of the
+    hierarchical models, blocks of the plain ones; None = every stage, or four evenly spaced blocks), and it
+    carries timm's `feature_info` (`channels()`, `reduction()`, `module_name()`).
     """
     spec = get_model_spec(name)
     cfg = copy.deepcopy(spec.pretrained_cfg)
-    if use_ema is None:  # release weights: the EMA copy where that is what the published accuracy measured
-        use_ema = bool(pretrained and checkpoint is None and cfg.get("use_ema"))
-    weights: Weights | None = None
-    if checkpoint is not None:
-        weights = read_weights(checkpoint, spec.family, use_ema=use_ema)
-    elif pretrained:
-        weights = read_weights(fetch_pretrained(name, cfg), spec.family, use_ema=use_ema)
-    if weights is not None and weights.model_name not in (None, name):
-        raise CheckpointError(f"checkpoint {weights.source!r} was saved from {weights.model_name}, not {name}")
+    weights = read_requested_weights(name, pretrained, checkpoint, use_ema)
 
     if num_classes is None:
         num_classes = (weights and weights.num_classes(cfg["classifier"])) or cfg["num_classes"]
@@ -61,10 +62,54 @@ def create_model(
     cfg["num_classes"] = num_classes
     if weights is not None and weights.class_names and len(weights.class_names) == num_classes:
         cfg["label_names"] = list(weights.class_names)
+    if features_only:
+        if out_indices is None:
+            out_indices = default_out_indices(model)
+        model = FeatureGetterNet(model, out_indices=_as_indices(out_indices), output_fmt="NCHW")
+        # timm's pretrained_cfg_for_features: the classifier's entries mean nothing to a feature extractor
+        for key in ("num_classes", "classifier", "global_pool", "label_names"):
+            cfg.pop(key, None)
+    elif out_indices is not None:
+        raise ValueError("out_indices needs features_only=True")
     model.pretrained_cfg = cfg
     model.default_cfg = cfg  # timm's older name, still read by timm.data.resolve_data_config
     model.model_name = name
     return model
+
+
+def read_requested_weights(
+    name: str, pretrained: bool = False, checkpoint: str | os.PathLike | None = None, use_ema: bool | None = None
+) -> Weights | None:
+    """The weights `create_model` would load for `name` (release file or `checkpoint`), in our layout; or None."""
+    spec = get_model_spec(name)
+    cfg = spec.pretrained_cfg
+    if use_ema is None:  # release weights: the EMA copy where that is what the published accuracy measured
+        use_ema = bool(pretrained and checkpoint is None and cfg.get("use_ema"))
+    weights: Weights | None = None
+    if checkpoint is not None:
+        weights = read_weights(checkpoint, spec.family, use_ema=use_ema)
+    elif pretrained:
+        weights = read_weights(fetch_pretrained(name, cfg), spec.family, use_ema=use_ema)
+    if weights is not None and weights.model_name not in (None, name):
+        raise CheckpointError(f"checkpoint {weights.source!r} was saved from {weights.model_name}, not {name}")
+    return weights
+
+
+def is_plain(model: nn.Module) -> bool:
+    """A plain (non-hierarchical) model: every entry of its feature_info has the same reduction (ViT, Vim)."""
+    return len({info["reduction"] for info in model.feature_info}) == 1
+
+
+def default_out_indices(model: nn.Module) -> tuple[int, ...]:
+    """Every stage of a hierarchical model; four evenly spaced blocks of a plain one (the last one included)."""
+    count = len(model.feature_info)
+    if not is_plain(model) or count <= 4:
+        return tuple(range(count))
+    return tuple(count * (i + 1) // 4 - 1 for i in range(4))
+
+
+def _as_indices(out_indices: int | Sequence[int]) -> int | tuple[int, ...]:
+    return out_indices if isinstance(out_indices, int) else tuple(out_indices)
 
 
 def load_checkpoint(path: str | os.PathLike, **kwargs: Any) -> nn.Module:

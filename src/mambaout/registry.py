@@ -57,9 +57,17 @@ def pretrained_cfg(
     std: tuple[float, ...] = IMAGENET_STD,
     first_conv: str = "stem.conv1",
     classifier: str = "head.fc",
+    feature_stride: int | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A pretrained_cfg dict with timm's keys (plus `file_name`/`sha256` for the download cache)."""
+    """A pretrained_cfg dict with timm's keys (plus `file_name`/`sha256` for the download cache).
+
+    `feature_stride`: the reduction of a model's final feature map, which gives timm's `pool_size` (that map's
+    size at `input_size`); None for models whose features are token sequences (timm's ViTs have no pool_size).
+    """
+    pool_size = None
+    if feature_stride is not None:
+        pool_size = tuple(-(-side // feature_stride) for side in input_size[1:])
     return dict(
         url=url,
         file_name=file_name,
@@ -72,6 +80,7 @@ def pretrained_cfg(
         std=std,
         first_conv=first_conv,
         classifier=classifier,
+        pool_size=pool_size,
         **extra,
     )
 

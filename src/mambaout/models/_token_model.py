@@ -13,7 +13,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 # "token": the class token's final state. "avg": the mean of the patch tokens (the class token excluded).
-GLOBAL_POOLS = ("token", "avg")
+# "": no pooling, every token goes through the head (timm's ViT does the same).
+GLOBAL_POOLS = ("token", "avg", "")
 OUTPUT_FMTS = ("NCHW", "NLC")
 
 
@@ -47,6 +48,8 @@ class TokenModel(nn.Module):
         return torch.cat((x[:, :index], x[:, index + 1 :]), dim=1)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.global_pool:
+            return x
         if self.global_pool == "avg":
             return self.patch_tokens(x).mean(dim=1)
         return x[:, self.cls_token_index(x.shape[1] - 1)]
@@ -96,3 +99,17 @@ class TokenModel(nn.Module):
                     tokens = tokens.reshape(x.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous()
                 intermediates.append(tokens)
         return intermediates if intermediates_only else (self.norm(x), intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Keep only the blocks up to the last of `indices`, without the head (and the final norm if asked)."""
+        take, last = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: last + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.head = nn.Identity()
+            self.head_drop = nn.Identity()
+            self.num_classes = 0
+        return take

@@ -21,6 +21,8 @@ from ..registry import ModelSpec, Published, pretrained_cfg, register_model
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "silu": nn.SiLU}
 DOWNSAMPLE_ORDERS = ("conv_norm", "norm_conv")
+# timm's pooling choices for this head: "avg" (the released models) or "" (none: the head runs on every position)
+GLOBAL_POOLS = ("avg", "")
 
 
 def _nchw(x: torch.Tensor) -> torch.Tensor:
@@ -29,6 +31,12 @@ def _nchw(x: torch.Tensor) -> torch.Tensor:
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1)
+
+
+def check_global_pool(global_pool: str) -> str:
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"unknown global_pool {global_pool!r}; choose from {GLOBAL_POOLS}")
+    return global_pool
 
 
 def _activation(name: str) -> type[nn.Module]:
@@ -192,7 +200,8 @@ class MlpHead(nn.Module):
     """Mean pool -> LayerNorm -> Linear -> act -> [LayerNorm] -> dropout -> Linear classifier.
 
     The official head has the LayerNorm after the hidden layer; timm's `_rw` variants drop it. The head's
-    activation is GELU in every released model, also where the blocks use SiLU.
+    activation is GELU in every released model, also where the blocks use SiLU. With `global_pool=""` the
+    pooling is skipped and the rest runs on every position (timm's MambaOut head does the same).
     """
 
     def __init__(
@@ -202,8 +211,10 @@ class MlpHead(nn.Module):
         mlp_ratio: float = 4.0,
         hidden_norm: bool = True,
         drop_rate: float = 0.0,
+        global_pool: str = "avg",
     ):
         super().__init__()
+        self.global_pool = check_global_pool(global_pool)
         hidden = int(mlp_ratio * in_dim)
         self.norm = LayerNorm(in_dim)
         layers = [("fc", nn.Linear(in_dim, hidden)), ("act", nn.GELU())]
@@ -215,7 +226,9 @@ class MlpHead(nn.Module):
         self.fc = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_dropout(self.pre_logits(self.norm(x.mean((1, 2)))))
+        if self.global_pool == "avg":
+            x = x.mean((1, 2))
+        x = self.head_dropout(self.pre_logits(self.norm(x)))
         return x if pre_logits else self.fc(x)
 
 
@@ -237,6 +250,7 @@ class MambaOut(nn.Module):
         downsample: str = "conv_norm",
         ls_init_value: float | None = None,
         head_hidden_norm: bool = True,
+        global_pool: str = "avg",
         drop_path_rate: float = 0.0,
         drop_rate: float = 0.0,
     ):
@@ -272,7 +286,9 @@ class MambaOut(nn.Module):
             prev_dim = dim
         self.stages = nn.Sequential(*stages)
         self.num_features = prev_dim
-        self.head = MlpHead(prev_dim, num_classes, hidden_norm=head_hidden_norm, drop_rate=drop_rate)
+        self.head = MlpHead(
+            prev_dim, num_classes, hidden_norm=head_hidden_norm, drop_rate=drop_rate, global_pool=global_pool
+        )
         self.head_hidden_size = self.head.num_features
         self.apply(self._init_weights)
 
@@ -297,7 +313,9 @@ class MambaOut(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            self.head.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes
         if num_classes > 0:
             self.head.fc = nn.Linear(self.head.num_features, num_classes, device=self.head.norm.weight.device)
@@ -335,6 +353,17 @@ class MambaOut(nn.Module):
             if i in take:
                 intermediates.append(_nchw(x).contiguous() if output_fmt == "NCHW" else x)
         return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Keep only the stages up to the last of `indices` (and no head): what a feature extractor needs."""
+        take, last = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: last + 1]
+        if prune_head:
+            self.head = nn.Identity()
+            self.num_classes = 0
+        return take
 
 
 # name: (architecture, published numbers, release weights)
@@ -406,7 +435,7 @@ VARIANTS: dict[str, tuple[dict, Published, dict]] = {
 
 def _register_all() -> None:
     for name, (arch, published, weights) in VARIANTS.items():
-        cfg = {"crop_pct": 1.0, "test_input_size": (3, 288, 288), "tag": "in1k", **weights}
+        cfg = {"crop_pct": 1.0, "test_input_size": (3, 288, 288), "tag": "in1k", "feature_stride": 32, **weights}
         if cfg.get("url"):
             # Several release files share a base name (model.safetensors): name the cached copy after the model.
             cfg["file_name"] = f"{name}.{cfg['tag']}{posixpath.splitext(cfg['url'])[1]}"

@@ -221,6 +221,12 @@ VARIANTS: dict[str, tuple[dict, Published, dict]] = {
         Published(86.6, 17.6, 81.8, _DEIT_PAPER),
         dict(url=_DEIT_URL.format("deit_base_patch16_224-b5f2ef4d")),
     ),
+    # Two narrow blocks on a 4x4 grid: keeps registry-wide tests fast. No weights.
+    "deit_test": (
+        dict(embed_dim=32, depth=2, num_heads=2, img_size=64),
+        Published(source="test variant"),
+        dict(input_size=(3, 64, 64)),
+    ),
 }
 
 

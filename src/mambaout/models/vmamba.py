@@ -394,16 +394,29 @@ class VMambaStage(nn.Module):
         return self.blocks(x)
 
 
+# timm's pooling choices for this head: "avg" (the released models) or "" (none: norm and fc on every position)
+GLOBAL_POOLS = ("avg", "")
+
+
+def check_global_pool(global_pool: str) -> str:
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"unknown global_pool {global_pool!r}; choose from {GLOBAL_POOLS}")
+    return global_pool
+
+
 class ClassifierHead(nn.Module):
     """LayerNorm -> global average pool -> Linear, on NHWC features."""
 
-    def __init__(self, dim: int, num_classes: int):
+    def __init__(self, dim: int, num_classes: int, global_pool: str = "avg"):
         super().__init__()
+        self.global_pool = check_global_pool(global_pool)
         self.norm = nn.LayerNorm(dim)
         self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.norm(x).mean((1, 2))
+        x = self.norm(x)
+        if self.global_pool == "avg":
+            x = x.mean((1, 2))
         return x if pre_logits else self.fc(x)
 
 
@@ -422,6 +435,7 @@ class VMamba(nn.Module):
         version: VMambaVersion = VMAMBA_V2,
         in_chans: int = 3,
         num_classes: int = 1000,
+        global_pool: str = "avg",
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
@@ -450,7 +464,7 @@ class VMamba(nn.Module):
             self.feature_info.append(dict(num_chs=dim, reduction=stride, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = dims[-1]
-        self.head = ClassifierHead(dims[-1], num_classes)
+        self.head = ClassifierHead(dims[-1], num_classes, global_pool)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -477,7 +491,9 @@ class VMamba(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            self.head.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes
         if num_classes > 0:
             self.head.fc = nn.Linear(self.num_features, num_classes, device=self.head.norm.weight.device)
@@ -527,6 +543,17 @@ class VMamba(nn.Module):
                 intermediates.append(to_fmt(x).contiguous())
         x = self.layout.to_nhwc(x)
         return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Keep only the stages up to the last of `indices` (and no head): what a feature extractor needs."""
+        take, last = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: last + 1]
+        if prune_head:
+            self.head = nn.Identity()
+            self.num_classes = 0
+        return take
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -614,6 +641,7 @@ def _register_all() -> None:
                     interpolation="bicubic",
                     first_conv=f"stem.{stem.first_conv}",
                     classifier="head.fc",
+                    feature_stride=32,
                     tag="in1k",
                     # release files are training checkpoints: {'model': ..., 'model_ema': ..., ...}
                     checkpoint_layout="model",
