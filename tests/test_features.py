@@ -114,6 +114,19 @@ def test_features_only_loads_weights_into_the_extractor(tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(features(x), oracle))
 
 
+@pytest.mark.parametrize("name", [n for n in TEST_MODELS if not is_plain(mambaout.create_model(n))])
+def test_features_only_builds_as_smp_tu_encoders_ask(name):
+    """segmentation_models_pytorch's `tu-` encoder: a meta-device probe read for output_fmt and reductions (4, 8,
+    16, 32 = "transformer style"), then the real extractor with in_chans and out_indices=(0, 1, 2, 3)."""
+    with torch.device("meta"):
+        probe = mambaout.create_model(name, features_only=True)
+    assert probe.output_fmt != "NHWC" and probe.feature_info.reduction() == [4, 8, 16, 32]
+    encoder = mambaout.create_model(name, in_chans=1, features_only=True, pretrained=False, out_indices=(0, 1, 2, 3))
+    maps = encoder(torch.randn(1, 1, 64, 64))
+    assert [m.shape[1] for m in maps] == encoder.feature_info.channels()
+    assert [64 // m.shape[-1] for m in maps] == [4, 8, 16, 32]
+
+
 def test_out_indices_need_features_only():
     with pytest.raises(ValueError, match="features_only"):
         mambaout.create_model("mambaout_test", out_indices=(0, 1))
