@@ -127,9 +127,13 @@ def test_features_only_builds_as_smp_tu_encoders_ask(name):
     assert [64 // m.shape[-1] for m in maps] == [4, 8, 16, 32]
 
 
-def test_out_indices_need_features_only():
+def test_out_indices_need_features_only_and_the_getter_is_the_extractor():
     with pytest.raises(ValueError, match="features_only"):
         mambaout.create_model("mambaout_test", out_indices=(0, 1))
+    getter = mambaout.create_model("mambaout_test", features_only=True, feature_cls="getter")
+    assert getter.feature_info.reduction() == [4, 8, 16, 32]
+    with pytest.raises(ValueError, match="feature_cls"):
+        mambaout.create_model("mambaout_test", features_only=True, feature_cls="hook")
 
 
 # --- timm's classifier API: pool_size, reset_classifier(num_classes, global_pool), global_pool='' --------------

@@ -31,6 +31,7 @@ def create_model(
     use_ema: bool | None = None,
     features_only: bool = False,
     out_indices: int | Sequence[int] | None = None,
+    feature_cls: str = "getter",
     **overrides: Any,
 ) -> nn.Module:
     """Build a registered model; load release weights (`pretrained`) or a file of any known layout (`checkpoint`).
@@ -42,8 +43,11 @@ def create_model(
     `features_only=True` returns timm's feature extractor (`FeatureGetterNet` over `forward_intermediates`): its
     forward gives a list of NCHW maps, one per `out_indices` entry (indices into `feature_info`: stages of the
     hierarchical models, blocks of the plain ones; None = every stage, or four evenly spaced blocks), and it
-    carries timm's `feature_info` (`channels()`, `reduction()`, `module_name()`).
+    carries timm's `feature_info` (`channels()`, `reduction()`, `module_name()`). `feature_cls` is timm's option;
+    "getter" is the one extractor every family here supports.
     """
+    if feature_cls != "getter":
+        raise ValueError(f"feature_cls {feature_cls!r} is not supported: 'getter' (forward_intermediates) is")
     spec = get_model_spec(name)
     cfg = copy.deepcopy(spec.pretrained_cfg)
     weights = read_requested_weights(name, pretrained, checkpoint, use_ema)
