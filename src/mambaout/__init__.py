@@ -2,8 +2,12 @@
 
 from . import models  # noqa: F401  (fills the registry)
 from .dense.backbone import create_backbone
+from .dense.upernet import create_segmenter
 from .factory import create_model, load_checkpoint, save_checkpoint
 from .registry import get_model_spec, list_models
 
-__all__ = ["create_backbone", "create_model", "get_model_spec", "list_models", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "create_backbone", "create_model", "create_segmenter", "get_model_spec", "list_models", "load_checkpoint",
+    "save_checkpoint",
+]  # fmt: skip
 __version__ = "0.1.0"

@@ -17,6 +17,7 @@ from .analysis.transformer_flops import transformer_block_flops
 from .checkpoints import CheckpointError
 from .data.folder import DatasetError
 from .data.images import ImageReadError
+from .dense.segmentation_task import SegmentationConfig
 from .engine.train_config import ConfigError, TrainConfig
 from .engine.validate import DeviceError
 from .errors import InputSizeError, TrainingDivergedError
@@ -266,6 +267,55 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_segment_data(args: argparse.Namespace) -> int:
+    from .data.synthetic_segmentation import write_segmentation_dataset
+
+    root = write_segmentation_dataset(args.out, args.train_images, args.val_images, tuple(args.size), args.seed)
+    print(f"wrote a generated dataset in ADE20K's layout to {root}; train on it with e.g.\n"
+          f"  mambaout segment-train {root} --backbone mambaout_femto --iterations 600 --iters-per-epoch 200 "
+          "--warmup-iters 50 -b 8 --lr 1e-3 --img-scale 128 64 --crop-size 64 --channels 64 --aux-channels 32")  # fmt: skip
+    return 0
+
+
+def cmd_segment_train(args: argparse.Namespace) -> int:
+    from .dense.segmentation_task import train_segmenter
+
+    result = train_segmenter(_config_from_args(args))
+    if result.best_metric is not None:
+        print(f"best {args.eval_metric} {result.best_metric:.4f} at epoch {result.best_epoch}")
+    print(f"checkpoints and logs: {result.output_dir}")
+    return 0
+
+
+def cmd_segment_eval(args: argparse.Namespace) -> int:
+    from .dense.segmentation_task import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.data_dir, args.checkpoint, mode=args.mode, multi_scale=args.multi_scale,
+                                 flip=args.flip, split=args.split, device=args.device, workers=args.workers,
+                                 amp=args.amp, use_ema=args.use_ema)  # fmt: skip
+    if args.json:
+        print(json.dumps({"images": report.images, "skipped": report.skipped, **report.metrics.summary(),
+                          "class_iou": report.metrics.class_iou}, indent=2))  # fmt: skip
+    else:
+        print(report.format())
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .dense.segmentation import MULTI_SCALE_RATIOS, InferenceSettings, load_segmenter, segment_files
+
+    model, meta = load_segmenter(args.checkpoint, use_ema=args.use_ema)
+    settings = InferenceSettings(args.mode, tuple(meta["img_scale"]), MULTI_SCALE_RATIOS if args.multi_scale else
+                                 (1.0,), args.flip, meta["crop_size"], meta["stride"])  # fmt: skip
+    done, errors = segment_files(model, args.images, args.out, meta["class_names"], settings, args.device)
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    for item in done:
+        shares = ", ".join(f"{name} {share:.0%}" for name, share in list(item.classes.items())[:5])
+        print(f"{item.path}: {shares}\n  {item.labels}\n  {item.overlay}")
+    return 1 if errors else 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .apps.quickstart import run_quickstart
 
@@ -374,6 +424,39 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     p.add_argument("--out", default="quickstart_output", help="folder for the data, checkpoints and logs")
     p.add_argument("--epochs", type=int, help="training epochs (default: configs/quickstart.yaml's)")
     p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("segment-data", help="write a generated segmentation dataset in ADE20K's layout")
+    p.add_argument("out", help="folder to write (images/, annotations/, classes.txt)")
+    p.add_argument("--train-images", type=_count(1), default=64)
+    p.add_argument("--val-images", type=_count(1), default=16)
+    p.add_argument("--size", nargs=2, type=_count(8), default=(96, 64), metavar=("W", "H"))
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_segment_data)
+
+    p = sub.add_parser("segment-train", help="train UperNet on ADE20K-format data (paper recipe; torchrun for DDP)")
+    _add_train_arguments(p, SegmentationConfig, config_defaults.get("segment-train"))
+    p.set_defaults(func=cmd_segment_train)
+
+    for name, text in (("segment-eval", "mIoU/mAcc/aAcc of a segment-train checkpoint (torchrun for many processes)"),
+                       ("segment", "colour-coded label maps and overlays for image files")):  # fmt: skip
+        p = sub.add_parser(name, help=text)
+        if name == "segment-eval":
+            p.add_argument("data_dir", metavar="DATA_DIR")
+            p.add_argument("--split", help="split to evaluate (default: validation / val)")
+            p.add_argument("--workers", type=_count(0), default=2, help="data loading processes")
+            p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast precision (default: fp32)")
+            p.add_argument("--json", action="store_true")
+            p.set_defaults(func=cmd_segment_eval)
+        else:
+            p.add_argument("images", nargs="+")
+            p.add_argument("--out", default="segment_output", help="folder for <image>_labels.png, <image>_overlay.png")
+            p.set_defaults(func=cmd_segment)
+        p.add_argument("--checkpoint", required=True, help="a segment-train checkpoint (last.pth, best.pth)")
+        p.add_argument("--use-ema", action="store_true", help="the checkpoint's EMA weights")
+        p.add_argument("--mode", choices=["whole", "slide"], default="whole", help="whole image or sliding window")
+        p.add_argument("--multi-scale", action="store_true", help="ratios 0.5-1.75 of the test scale, averaged")
+        p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
+        p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the GPU if there is one)")
     return parser
 
 
