@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .files import CheckpointError
+from .local_mamba_layout import convert_local_vmamba
 from .vmamba_layout import convert_vmamba
 
 StateDict = dict[str, torch.Tensor]
@@ -90,6 +91,8 @@ CONVERTERS: dict[str, Callable[[StateDict], StateDict]] = {
     # DeiT's release files are timm's layout under {'model': ...}, which `unwrap` already opens.
     "vit": lambda state_dict: state_dict,
     "vmamba": convert_vmamba,
+    "local_vim": convert_vim,  # laid out as Vim: layers.I.* and norm_f.*
+    "local_vmamba": convert_local_vmamba,
 }
 
 

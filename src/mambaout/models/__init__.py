@@ -1,6 +1,7 @@
 """Model families; importing this module registers every variant."""
 
 from . import (
+    local_mamba,  # noqa: F401  (registers LocalVim and LocalVMamba)
     mambaout,  # noqa: F401  (registers the MambaOut variants)
     vim,  # noqa: F401  (registers Vision Mamba)
     vit,  # noqa: F401  (registers DeiT and its causal variants)

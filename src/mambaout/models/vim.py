@@ -28,6 +28,7 @@ from timm.layers import (
     calculate_drop_path_rates,
     lecun_normal_,
     resample_abs_pos_embed,
+    to_2tuple,
     trunc_normal_,
 )
 from torch import nn
@@ -85,6 +86,36 @@ def causal_conv1d(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     """Depthwise causal conv over (B, C, L): `conv` pads kernel - 1 on both sides; keeping the first L outputs makes
     output t depend on inputs t - kernel + 1 .. t only (what causal_conv1d_fn computes)."""
     return conv(x)[..., : x.shape[-1]]
+
+
+def mamba_direction(
+    x: torch.Tensor,
+    z: torch.Tensor | None,
+    conv: nn.Conv1d,
+    x_proj: nn.Linear,
+    dt_proj: nn.Linear,
+    A_log: torch.Tensor,
+    D: torch.Tensor,
+) -> torch.Tensor:
+    """One scan direction of a Mamba mixer on (B, d_inner, L): causal conv + SiLU, input-dependent dt/B/C, the
+    selective scan with its D skip, gated by SiLU(z) (mamba_inner_fn without its output projection)."""
+    dt_rank = dt_proj.in_features
+    d_state = (x_proj.out_features - dt_rank) // 2
+    x = F.silu(causal_conv1d(x, conv))
+    dt, B, C = x_proj(x.transpose(1, 2)).split([dt_rank, d_state, d_state], dim=-1)
+    # dt_proj's bias goes into the scan as delta_bias (softplus(dt + bias)), as mamba_inner_fn passes it
+    dt = F.linear(dt, dt_proj.weight).transpose(1, 2)
+    return selective_scan(
+        x,
+        dt,
+        -torch.exp(_at_least_fp32(A_log)),
+        B.transpose(1, 2),
+        C.transpose(1, 2),
+        _at_least_fp32(D),
+        z,
+        delta_bias=_at_least_fp32(dt_proj.bias),
+        delta_softplus=True,
+    )
 
 
 class RMSNorm(nn.Module):
@@ -162,38 +193,11 @@ class BiMambaMixer(nn.Module):
         nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
         self.out_proj.weight /= math.sqrt(self._num_layers)
 
-    def _scan(
-        self,
-        x: torch.Tensor,
-        z: torch.Tensor,
-        conv: nn.Conv1d,
-        x_proj: nn.Linear,
-        dt_proj: nn.Linear,
-        A_log: torch.Tensor,
-        D: torch.Tensor,
-    ) -> torch.Tensor:
-        """One direction on (B, d_inner, L): causal conv + SiLU, input-dependent dt/B/C, the z-gated scan."""
-        x = F.silu(causal_conv1d(x, conv))
-        dt, B, C = x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        # dt_proj's bias goes into the scan as delta_bias (softplus(dt + bias)), as mamba_inner_fn passes it
-        dt = F.linear(dt, dt_proj.weight).transpose(1, 2)
-        return selective_scan(
-            x,
-            dt,
-            -torch.exp(_at_least_fp32(A_log)),
-            B.transpose(1, 2),
-            C.transpose(1, 2),
-            _at_least_fp32(D),
-            z,
-            delta_bias=_at_least_fp32(dt_proj.bias),
-            delta_softplus=True,
-        )
-
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
-        out = self._scan(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+        out = mamba_direction(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
         # the official code flips x and z together (xz.flip), so the gate stays aligned with its token
-        out_b = self._scan(
+        out_b = mamba_direction(
             x.flip(-1), z.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b
         ).flip(-1)
         return self.out_proj(((out + out_b) / 2).transpose(1, 2))
@@ -224,6 +228,7 @@ class VisionMamba(TokenModel):
         *,
         img_size: int = 224,
         patch_size: int = 16,
+        patch_stride: int | None = None,
         in_chans: int = 3,
         num_classes: int = 1000,
         d_state: int = 16,
@@ -251,9 +256,13 @@ class VisionMamba(TokenModel):
             output_fmt="NHWC",
             strict_img_size=False,
         )
-        self.grid_size = self.patch_embed.grid_size
+        self.patch_stride = patch_stride or patch_size
+        if self.patch_stride != patch_size:
+            # overlapping patches (the official PatchEmbed's `stride`, the "+" models); timm's PatchEmbed has no stride
+            self.patch_embed.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=self.patch_stride)
+        self.grid_size = tuple((side - patch_size) // self.patch_stride + 1 for side in to_2tuple(img_size))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1] + 1, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)  # the official code spends drop_rate here, not before the head
         self.head_drop = nn.Identity()
         # the head is registered before the blocks so that state_dict keys come in the official order
@@ -261,7 +270,9 @@ class VisionMamba(TokenModel):
         drop_paths = calculate_drop_path_rates(drop_path_rate, depth)  # linspace(0, rate, depth), as the official dpr
         mixer = partial(BiMambaMixer, embed_dim, d_state=d_state, expand=expand, d_conv=d_conv, num_layers=depth)
         self.blocks = nn.Sequential(*(Block(embed_dim, mixer(), norm_eps, drop_paths[i]) for i in range(depth)))
-        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
+        self.feature_info = [
+            dict(num_chs=embed_dim, reduction=self.patch_stride, module=f"blocks.{i}") for i in range(depth)
+        ]
         self.norm = RMSNorm(embed_dim, eps=norm_eps)
         self._init_parameters()
 
@@ -303,7 +314,7 @@ class VisionMamba(TokenModel):
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch tokens with the class token inserted in the middle and the position embedding added (float32)."""
-        check_patch_multiple(*x.shape[-2:], self.patch_size)
+        check_patch_multiple(*x.shape[-2:], self.patch_stride)
         x = self.patch_embed(x)
         grid = (x.shape[1], x.shape[2])
         x = x.flatten(1, 2)
@@ -327,6 +338,18 @@ VARIANTS: dict[str, tuple[dict, Published, dict]] = {
         dict(embed_dim=384, depth=24),
         Published(26, None, 80.5, _README),
         dict(url=_HF_URL.format("Vim-small-midclstok", "vim_s_midclstok_80p5acc")),
+    ),
+    # "+": fine-tuned from the above "at finer granularity" (vim/scripts/ft-vim-{t,s}.sh: the
+    # *_patch16_stride8_224_* models, 16x16 patches at stride 8: a 27x27 grid, 730 tokens; 30 epochs)
+    "vim_tiny_plus": (
+        dict(embed_dim=192, depth=24, patch_stride=8),
+        Published(7, None, 78.3, _README + "; Vim-tiny+"),
+        dict(url=_HF_URL.format("Vim-tiny-midclstok", "vim_t_midclstok_ft_78p3acc")),
+    ),
+    "vim_small_plus": (
+        dict(embed_dim=384, depth=24, patch_stride=8),
+        Published(26, None, 81.6, _README + "; Vim-small+"),
+        dict(url=_HF_URL.format("Vim-small-midclstok", "vim_s_midclstok_ft_81p6acc")),
     ),
     "vim_base": (
         dict(embed_dim=768, depth=24),

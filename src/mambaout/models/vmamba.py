@@ -53,6 +53,22 @@ def cross_merge(ys: Tensor, height: int, width: int) -> Tensor:
     return rows + cols
 
 
+class CrossScan(nn.Module):
+    """VMamba's scan orders (`cross_scan` / `cross_merge`), without parameters.
+
+    SS2D takes any module with this interface: `num_directions` K, `scan` (B, C, H, W) -> (B, K, C, L) with L >= H*W
+    (a direction shorter than L is padded at its end), and `merge` (B, K, C, L) -> (B, C, H, W).
+    """
+
+    num_directions = NUM_DIRECTIONS
+
+    def scan(self, x: Tensor) -> Tensor:
+        return cross_scan(x)
+
+    def merge(self, ys: Tensor, height: int, width: int) -> Tensor:
+        return cross_merge(ys, height, width)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Channel layouts: where the channels live between blocks
 
@@ -252,7 +268,10 @@ def _at_least_fp32(t: Tensor) -> Tensor:
 
 
 class SS2D(nn.Module):
-    """2D selective scan: four scan directions, each a group of B/C with its own dt projection, A and D."""
+    """2D selective scan: four scan directions, each a group of B/C with its own dt projection, A and D.
+
+    `multi_scan` chooses the scan orders (default: VMamba's `CrossScan`; see it for the interface).
+    """
 
     def __init__(
         self,
@@ -268,6 +287,7 @@ class SS2D(nn.Module):
         dt_min: float = 0.001,
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
+        multi_scan: nn.Module | None = None,
     ):
         super().__init__()
         inner = int(ssm_ratio * dim)
@@ -275,7 +295,8 @@ class SS2D(nn.Module):
         self.gate = gate
         self.d_state = d_state
         self.dt_rank = math.ceil(dim / 16) if dt_rank is None else dt_rank
-        k = NUM_DIRECTIONS
+        multi_scan = CrossScan() if multi_scan is None else multi_scan
+        k = multi_scan.num_directions
 
         self.in_proj = layout.linear(dim, 2 * inner if gate else inner, bias=False)
         self.act = nn.SiLU()
@@ -292,6 +313,7 @@ class SS2D(nn.Module):
         self.D = nn.Parameter(torch.empty(k * inner))
         self.out_norm = layout.norm(inner)
         self.out_proj = layout.linear(inner, dim, bias=False)
+        self.multi_scan = multi_scan  # last: the official state_dict order where it has parameters (LocalVMamba)
         self._init_ssm(inner, dt_min, dt_max, dt_init_floor)
 
     @torch.no_grad()
@@ -312,8 +334,8 @@ class SS2D(nn.Module):
     def scan(self, x: Tensor) -> Tensor:
         """(B, inner, H, W) -> (B, inner, H, W): cross-scan, one grouped selective scan, cross-merge."""
         batch, inner, height, width = x.shape
-        length = height * width
-        xs = cross_scan(x)  # (B, K, inner, L)
+        xs = self.multi_scan.scan(x)  # (B, K, inner, L)
+        length = xs.shape[-1]
         x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_proj_weight)
@@ -327,7 +349,8 @@ class SS2D(nn.Module):
             delta_bias=_at_least_fp32(self.dt_proj_bias).reshape(-1),
             delta_softplus=True,
         )
-        return cross_merge(ys.view(batch, NUM_DIRECTIONS, inner, length), height, width).to(x.dtype)
+        ys = ys.view(batch, self.multi_scan.num_directions, inner, length)
+        return self.multi_scan.merge(ys, height, width).to(x.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.in_proj(x)
@@ -354,7 +377,14 @@ class Mlp(nn.Module):
 class VSSBlock(nn.Module):
     """x + SS2D(norm1(x)), then x + MLP(norm2(x)) where the version has an MLP branch."""
 
-    def __init__(self, dim: int, version: VMambaVersion, layout: Layout, drop_path: float):
+    def __init__(
+        self,
+        dim: int,
+        version: VMambaVersion,
+        layout: Layout,
+        drop_path: float,
+        multi_scan: nn.Module | None = None,
+    ):
         super().__init__()
         self.norm1 = layout.norm(dim)
         self.mixer = SS2D(
@@ -366,6 +396,7 @@ class VSSBlock(nn.Module):
             conv_kernel=version.conv_kernel,
             conv_bias=version.conv_bias,
             gate=version.gate,
+            multi_scan=multi_scan,
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.has_mlp = version.mlp_ratio > 0
@@ -425,7 +456,11 @@ class ClassifierHead(nn.Module):
 
 
 class VMamba(nn.Module):
-    """VMamba backbone + classifier with timm's model API (forward_features returns NHWC in every version)."""
+    """VMamba backbone + classifier with timm's model API (forward_features returns NHWC in every version).
+
+    `multi_scans(block, inner)` builds the scan-order module of block number `block` (counted over all stages) whose
+    SS2D is `inner` wide; None keeps VMamba's cross-scan in every block (LocalVMamba plugs its searched scans here).
+    """
 
     def __init__(
         self,
@@ -437,6 +472,7 @@ class VMamba(nn.Module):
         num_classes: int = 1000,
         global_pool: str = "avg",
         drop_path_rate: float = 0.0,
+        multi_scans: Callable[[int, int], nn.Module] | None = None,
     ):
         super().__init__()
         if len(depths) != len(dims):
@@ -455,17 +491,26 @@ class VMamba(nn.Module):
         # one linear ramp over all blocks, as the official code
         drop_paths = iter(calculate_drop_path_rates(drop_path_rate, sum(depths)))
         stages, self.feature_info, stride = [], [], 4
+        numbers = iter(range(sum(depths)))
         for i, (depth, dim) in enumerate(zip(depths, dims)):
             if i > 0:
                 stride *= 2
             downsample = downsample_cls(dims[i - 1], dim, layout) if i > 0 else nn.Identity()
-            blocks = [VSSBlock(dim, version, layout, next(drop_paths)) for _ in range(depth)]
+            blocks = [
+                VSSBlock(dim, version, layout, next(drop_paths), self._multi_scan(multi_scans, next(numbers), dim))
+                for _ in range(depth)
+            ]
             stages.append(VMambaStage(downsample, blocks))
             self.feature_info.append(dict(num_chs=dim, reduction=stride, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = dims[-1]
         self.head = ClassifierHead(dims[-1], num_classes, global_pool)
         self.apply(self._init_weights)
+
+    def _multi_scan(
+        self, multi_scans: Callable[[int, int], nn.Module] | None, block: int, dim: int
+    ) -> nn.Module | None:
+        return multi_scans(block, int(self.version.ssm_ratio * dim)) if multi_scans is not None else None
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
