@@ -6,8 +6,8 @@ position embeddings), 160k iterations of a poly schedule (power 1.0, down to 0) 
 linearly from 1e-6 of it (mmcv's warmup multiplies the poly value), 512x512 crops (see `data.segmentation`),
 per-backbone drop path, auxiliary loss 0.4. The schedule counts iterations: an "epoch" here is a block of
 `--iters-per-epoch` iterations (mmseg's checkpoint and evaluation interval, 16,000), so checkpoints, evaluation and
-`--resume auto` fall every block. BatchNorm in the heads becomes SyncBatchNorm under DDP on GPUs; CPU processes
-(gloo) keep per-process batch statistics, since SyncBatchNorm runs on GPUs only.
+`--resume auto` fall every block. BatchNorm in the heads becomes SyncBatchNorm under DDP (on CPU processes, where
+torch's SyncBatchNorm does not run, `upernet.CPUSyncBatchNorm`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from ..engine.train_config import ConfigError, EngineConfig, option
 from .backbone import DEFAULT_DENSE_DROP_PATH, DENSE_DROP_PATH
 from .seg_metrics import SegmentationMetrics
 from .segmentation import MULTI_SCALE_RATIOS, InferenceSettings, evaluate_segmentation, load_segmenter
-from .upernet import create_segmenter
+from .upernet import convert_sync_batchnorm, create_segmenter
 
 
 @dataclass
@@ -166,8 +166,8 @@ class SegmentationTask(Task):
             aux_channels=config.aux_channels,
             dropout=config.dropout,
         )
-        if env.enabled and env.device.type != "cpu":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if env.enabled:  # the heads' BatchNorm normalizes over the global batch, as with one process
+            model = convert_sync_batchnorm(model, env.device)
         self.settings = InferenceSettings(config.eval_mode, tuple(config.img_scale), crop_size=config.crop_size,
                                           stride=config.eval_stride)  # fmt: skip
         skipped = list(train_set.skipped) + (list(val_set.skipped) if val_set is not None else [])

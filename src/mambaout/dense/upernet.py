@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import nn
 
@@ -127,6 +129,48 @@ class Segmenter(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
+
+
+class CPUSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm over the global batch of all processes on CPU (gloo), where torch's SyncBatchNorm does not run.
+
+    Two all-reduces (sums and counts, then squared deviations), differentiable through
+    `torch.distributed.nn.functional.all_reduce`, so the gradient is the global batch's, as with SyncBatchNorm.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        channels = x.shape[1]
+        count = torch.full((1,), x.numel() / channels, dtype=x.dtype, device=x.device)
+        sums = dist_fn.all_reduce(torch.cat([x.sum(dim=(0, 2, 3)), count]))
+        total = sums[-1]
+        mean = sums[:channels] / total
+        centred = x - mean.view(1, -1, 1, 1)
+        var = dist_fn.all_reduce(centred.square().sum(dim=(0, 2, 3))) / total
+        if self.track_running_stats:
+            with torch.no_grad():
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked + 1)
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(var.detach() * total / max(float(total) - 1, 1.0), momentum)
+                self.num_batches_tracked.add_(1)
+        y = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
+        return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1) if self.affine else y
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """BatchNorm2d -> torch's SyncBatchNorm on GPUs, `CPUSyncBatchNorm` on CPU (weights and statistics kept)."""
+    if device.type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, CPUSyncBatchNorm):
+        synced = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                  module.track_running_stats)  # fmt: skip
+        synced.load_state_dict(module.state_dict())
+        synced.train(module.training)
+        return synced
+    for name, child in module.named_children():
+        module.add_module(name, convert_sync_batchnorm(child, device))
+    return module
 
 
 def create_segmenter(
