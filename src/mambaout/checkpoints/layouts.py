@@ -14,6 +14,7 @@ import torch
 
 from .files import CheckpointError
 from .local_mamba_layout import convert_local_vmamba
+from .plain_mamba_layout import convert_plain_mamba
 from .vmamba_layout import convert_vmamba
 
 StateDict = dict[str, torch.Tensor]
@@ -93,6 +94,7 @@ CONVERTERS: dict[str, Callable[[StateDict], StateDict]] = {
     "vmamba": convert_vmamba,
     "local_vim": convert_vim,  # laid out as Vim: layers.I.* and norm_f.*
     "local_vmamba": convert_local_vmamba,
+    "plainmamba": convert_plain_mamba,
 }
 
 
