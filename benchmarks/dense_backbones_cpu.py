@@ -137,6 +137,7 @@ def summarise(samples: dict[tuple[str, tuple[int, int]], list[dict]], models, si
                 row.update(
                     status="ok",
                     images_per_s=1 / seconds,
+                    images_per_s_best=1 / min(r["seconds"] for r in ok),  # noise on a shared machine only slows
                     latency_s_median=seconds,
                     latency_s_all=[r["seconds"] for r in ok],
                     peak_memory_mb=max(r["peak_memory_mb"] for r in ok),
@@ -154,7 +155,9 @@ def plot(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> None:
     fig = Figure(figsize=(12, 4.8), layout="constrained")
     width = 0.8 / len(sizes)
     for ax, key, label in zip(
-        fig.subplots(1, 2), ("images_per_s", "memory_increase_mb"), ("images/s (higher is better)", "MiB")
+        fig.subplots(1, 2),
+        ("images_per_s_best", "memory_increase_mb"),
+        (f"images/s, best of {meta['repeats']} (higher is better)", "MiB"),
     ):
         for i, size in enumerate(sizes):
             values = [
@@ -165,7 +168,7 @@ def plot(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> None:
             ax.bar(positions, values, width, label=f"{size[0]}x{size[1]}")
         ax.set_xticks(range(len(models)), [m.removeprefix(TIMM_PREFIX) for m in models], rotation=30, ha="right")
         ax.set_ylabel(label)
-        ax.set_title("forward speed" if key == "images_per_s" else "peak memory added by the forward")
+        ax.set_title("forward speed" if key == "images_per_s_best" else "peak memory added by the forward")
         ax.legend()
     fig.suptitle(f"Dense backbones, batch 1, CPU: {meta['cpu']} ({meta['threads']} threads)")
     fig.savefig(path, dpi=120)
@@ -202,14 +205,15 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(dict(meta=meta, results=rows), indent=2))
     plot(rows, meta, args.out / "dense_backbones_cpu.png")
     print(f"{meta['cpu']}, {meta['threads']} threads, batch 1, fp32, median of {args.repeats}")
-    print(f"{'model':<36} {'size':>9} {'img/s':>7} {'s/img':>7} {'GMACs':>7} {'peak MiB':>9} {'+MiB':>7}")
+    print(f"{'model':<36} {'size':>9} {'img/s':>7} {'best':>7} {'s/img':>7} {'GMACs':>7} {'peak MiB':>9} {'+MiB':>7}")
     for r in rows:
         if r["status"] != "ok":
             print(f"{r['model']:<36} {r['height']}x{r['width']:<5} {r['status']}: {r.get('message', '')[:60]}")
             continue
         macs = "-" if r["gmacs"] is None else f"{r['gmacs']:.1f}"
         print(
-            f"{r['model']:<36} {r['height']:>4}x{r['width']:<4} {r['images_per_s']:>7.3f} {r['latency_s_median']:>7.2f}"
+            f"{r['model']:<36} {r['height']:>4}x{r['width']:<4} {r['images_per_s']:>7.3f} "
+            f"{r['images_per_s_best']:>7.3f} {r['latency_s_median']:>7.2f}"
             f" {macs:>7} {r['peak_memory_mb']:>9.0f} {r['memory_increase_mb']:>7.0f}"
         )
     print(f"wrote {args.out / 'results.json'} and {args.out / 'dense_backbones_cpu.png'}")
