@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from ..ops.selective_scan import selective_scan
 from ..registry import ModelSpec, Published, pretrained_cfg, register_model
 from .local_mamba import GridTokenModel, check_global_pool, resample_grid
+from .vim import _at_least_fp32
 
 NUM_SNAKES = 4
 # direction embedding rows: the move that reached a scan step
@@ -121,11 +122,11 @@ class PlainMamba2D(nn.Module):
         ys = selective_scan(
             us,
             dt.repeat(1, NUM_SNAKES, 1),
-            (-torch.exp(self.A_log.float())).repeat(NUM_SNAKES, 1),
+            (-torch.exp(_at_least_fp32(self.A_log))).repeat(NUM_SNAKES, 1),
             Bs.contiguous(),
             Cs.contiguous(),
-            self.D.float().repeat(NUM_SNAKES),
-            delta_bias=self.dt_proj.bias.float().repeat(NUM_SNAKES),
+            _at_least_fp32(self.D).repeat(NUM_SNAKES),
+            delta_bias=_at_least_fp32(self.dt_proj.bias).repeat(NUM_SNAKES),
             delta_softplus=True,
         ).view(batch, NUM_SNAKES, self.d_inner, length)
         y = sum(ys[:, k][..., inverses[k]] for k in range(NUM_SNAKES)).to(z.dtype)  # back to raster order, summed
