@@ -109,7 +109,7 @@ def test_local_scan_is_the_official_traversal_and_reverse_is_its_exact_inverse(d
     for step, token in enumerate(expected):
         assert torch.equal(scanned[..., step], x[..., token] if token is not None else torch.zeros(2, 3))
     assert torch.equal(local_reverse(scanned, direction, height, width), x)  # round trip: identity, bit for bit
-    order, inverse = scan_indices(direction, height, width)
+    order, _inverse = scan_indices(direction, height, width)
     real = order[order < height * width]
     assert torch.equal(real.sort().values, torch.arange(height * width))  # every token exactly once
 

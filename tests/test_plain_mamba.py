@@ -1,6 +1,8 @@
 """PlainMamba: official sizes and layout, the zig-zag scan orders, and the mixer and whole model against loops written
 from the official equations (u permuted, dt / B / C in raster order, direction-aware B, dt_proj's bias twice)."""
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,10 +85,10 @@ def test_zigzag_orders_visit_every_token_once_through_neighbours_with_the_offici
         assert orders[k].tolist() == [i * width + j for i, j in path]
         assert sorted(orders[k].tolist()) == list(range(height * width))  # every token exactly once
         steps = [(int(t) // width, int(t) % width) for t in orders[k]]
-        for (r0, c0), (r1, c1) in zip(steps, steps[1:]):
+        for (r0, c0), (r1, c1) in itertools.pairwise(steps):
             assert abs(r1 - r0) + abs(c1 - c0) == 1  # consecutive tokens are spatial neighbours
         assert moves[k].tolist() == [0] + [
-            MOVE_CODES[(r1 - r0, c1 - c0)] for (r0, c0), (r1, c1) in zip(steps, steps[1:])
+            MOVE_CODES[(r1 - r0, c1 - c0)] for (r0, c0), (r1, c1) in itertools.pairwise(steps)
         ]
         assert torch.equal(orders[k][inverses[k]], torch.arange(height * width))
 
@@ -120,7 +122,7 @@ def _mixer_oracle(mixer, hidden, grid):
     total = 0
     for path in _official_snakes(height, width):
         order = [i * width + j for i, j in path]
-        moves = [0] + [MOVE_CODES[(r1 - r0, c1 - c0)] for (r0, c0), (r1, c1) in zip(path, path[1:])]
+        moves = [0] + [MOVE_CODES[(r1 - r0, c1 - c0)] for (r0, c0), (r1, c1) in itertools.pairwise(path)]
         u = x[:, :, order]
         b = B.transpose(1, 2) + p["direction_Bs"][moves].T
         y = _scan_loop(u, dt, -torch.exp(p["A_log"]), b, C.transpose(1, 2), p["D"], p["dt_proj.bias"])
