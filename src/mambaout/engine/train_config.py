@@ -32,6 +32,14 @@ OFFICIAL_DROP_PATH = {
     "deit_tiny": 0.1,
     "deit_small": 0.1,
     "deit_base": 0.1,
+    # hunto/LocalMamba README train command (--drop-path-rate 0.1); ChenhongyiYang/PlainMamba
+    # plain_mamba_l*_in1k_300e.py; hustvl/Vim vim/scripts/ft-vim-{t,s}.sh (the "+" fine-tuning: --drop-path 0.0)
+    "local_vim_tiny": 0.1,
+    "plainmamba_l1": 0.2,
+    "plainmamba_l2": 0.2,
+    "plainmamba_l3": 0.4,
+    "vim_tiny_plus": 0.0,
+    "vim_small_plus": 0.0,
 }
 
 
