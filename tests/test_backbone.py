@@ -191,7 +191,9 @@ def test_every_trainable_parameter_gets_a_gradient_and_checkpointing_changes_not
     for n, p in backbone.named_parameters():
         torch.testing.assert_close(p.grad, grads[n], rtol=1e-5, atol=1e-7, msg=n)
     names = dict(backbone.named_parameters())
-    assert all(n in names for n in backbone.no_weight_decay())
+    no_decay = backbone.no_weight_decay()
+    assert all(n in names for n in no_decay)
+    assert {f"body.{n}" for n in backbone.body.no_weight_decay() if f"body.{n}" in names} == no_decay
 
 
 def test_norms_are_channels_first_layer_norms_and_can_be_left_out():

@@ -128,7 +128,9 @@ class DenseBackbone(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {f"body.{name}" for name in self.body.no_weight_decay()}
+        """The model's own no-decay names that the pruned body still has, prefixed as this module names them."""
+        kept = dict(self.body.named_parameters())
+        return {f"body.{name}" for name in self.body.no_weight_decay() if name in kept}
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
