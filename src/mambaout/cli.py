@@ -17,6 +17,7 @@ from .analysis.transformer_flops import transformer_block_flops
 from .checkpoints import CheckpointError
 from .data.folder import DatasetError
 from .data.images import ImageReadError
+from .dense.detection_task import DetectionConfig
 from .dense.segmentation_task import SegmentationConfig
 from .engine.train_config import ConfigError, TrainConfig
 from .engine.validate import DeviceError
@@ -316,6 +317,59 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def cmd_detect_data(args: argparse.Namespace) -> int:
+    from .data.synthetic_coco import write_coco_dataset
+
+    root = write_coco_dataset(args.out, args.train_images, args.val_images, tuple(args.size), args.seed)
+    print(f"wrote a generated instance-segmentation dataset in COCO's format to {root}; train on it with e.g.\n"
+          f"  mambaout detect-train {root} --backbone mambaout_femto --img-scale 128 96 -b 4 --lr 4e-4 "
+          "--warmup-iters 20 --epochs 12 --fpn-channels 64 --box-head-dim 256 --mask-head-channels 64 "
+          "--rpn-post-nms-train 200 --box-batch-size-per-image 64")  # fmt: skip
+    return 0
+
+
+def cmd_detect_train(args: argparse.Namespace) -> int:
+    from .dense.detection_task import train_detector
+
+    result = train_detector(_config_from_args(args))
+    if result.best_metric is not None:
+        print(f"best {args.eval_metric} {result.best_metric:.4f} at epoch {result.best_epoch}")
+    print(f"checkpoints and logs: {result.output_dir}")
+    return 0
+
+
+def cmd_detect_eval(args: argparse.Namespace) -> int:
+    from .dense.detection_task import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.data_dir, args.checkpoint, split=args.split, out=args.out, device=args.device,
+                                 workers=args.workers, batch_size=args.batch_size, amp=args.amp,
+                                 use_ema=args.use_ema)  # fmt: skip
+    if args.json:
+        print(json.dumps({"images": report.evaluation.images, "skipped": [s.path for s in report.evaluation.skipped],
+                          **report.evaluation.metrics}, indent=2))  # fmt: skip
+    else:
+        print(report.format())
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from .dense.detect_predict import detect_files
+    from .dense.detection import load_detector
+
+    model, meta = load_detector(args.checkpoint, use_ema=args.use_ema)
+    done, errors = detect_files(model, args.images, meta["class_names"], args.out, args.score_threshold, args.device)
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([item.to_dict() for item in done], indent=2))
+    else:
+        for item in done:
+            print(f"{item.path}: {len(item.detections)} detections -> {item.drawn}")
+            for d in item.detections:
+                print(f"  {d.score:6.3f}  {d.label:<16} box {d.box}")
+    return 1 if errors else 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .apps.quickstart import run_quickstart
 
@@ -456,6 +510,39 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
         p.add_argument("--mode", choices=["whole", "slide"], default="whole", help="whole image or sliding window")
         p.add_argument("--multi-scale", action="store_true", help="ratios 0.5-1.75 of the test scale, averaged")
         p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
+        p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the GPU if there is one)")
+
+    p = sub.add_parser("detect-data", help="write a generated instance-segmentation dataset in COCO's format")
+    p.add_argument("out", help="folder to write (annotations/instances_{train,val}.json, train/, val/)")
+    p.add_argument("--train-images", type=_count(1), default=64)
+    p.add_argument("--val-images", type=_count(1), default=16)
+    p.add_argument("--size", nargs=2, type=_count(16), default=(128, 96), metavar=("W", "H"))
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_detect_data)
+
+    p = sub.add_parser("detect-train", help="train Mask R-CNN on COCO-format data (paper recipe; torchrun for DDP)")
+    _add_train_arguments(p, DetectionConfig, config_defaults.get("detect-train"))
+    p.set_defaults(func=cmd_detect_train)
+
+    p = sub.add_parser("detect-eval", help="COCO box/mask AP of a detect-train checkpoint (torchrun: many processes)")
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("--split", help="split to evaluate (default: val2017, else val)")
+    p.add_argument("--out", help="folder for results.bbox.json, results.segm.json (COCO's format), metrics.json")
+    p.add_argument("--workers", type=_count(0), default=2, help="data loading processes")
+    p.add_argument("-b", "--batch-size", type=_count(1), default=2, help="images per batch and process")
+    p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast precision (default: fp32)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_detect_eval)
+
+    p = sub.add_parser("detect", help="draw the boxes, masks and labels a detect-train checkpoint finds in images")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--out", default="detect_output", help="folder for <image>_detections.png")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="lowest score drawn and listed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_detect)
+    for p in (sub.choices["detect-eval"], sub.choices["detect"]):
+        p.add_argument("--checkpoint", required=True, help="a detect-train checkpoint (last.pth, best.pth)")
+        p.add_argument("--use-ema", action="store_true", help="the checkpoint's EMA weights")
         p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the GPU if there is one)")
     return parser
 
