@@ -110,6 +110,18 @@ def test_plain_pyramid_is_vitdets():
         SimpleFeaturePyramid(32, source_stride=16, strides=(12,))
 
 
+def test_overlapping_patches_keep_the_promised_sizes():
+    """A Vim "+" model (16-pixel patches every 8 pixels: stride 8): one deconvolution, then two poolings."""
+    backbone = create_backbone("vim_test", patch_stride=8).eval()
+    assert backbone.strides == [4, 8, 16, 32] and backbone.out_channels == [16, 32, 32, 32]
+    for height, width in ODD_SIZES:
+        with torch.no_grad():
+            maps = backbone(torch.randn(1, 3, height, width))
+        assert [tuple(m.shape[-2:]) for m in maps] == [
+            (math.ceil(height / s), math.ceil(width / s)) for s in backbone.strides
+        ]
+
+
 def test_plain_position_embedding_follows_the_input_size():
     """vim_test's embedding is for a 4x4 grid; a 96x160 input (6x10 patches) uses the resampled one."""
     model, backbone = _twins("vim_test", norm_outputs=False)

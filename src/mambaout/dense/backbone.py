@@ -4,8 +4,8 @@ A thin adapter over the model's own `forward_intermediates`, never a copy of it.
 VMamba, ...) give their stage outputs; plain models (DeiT, Vim, ...: every feature_info entry at one stride) give
 their last block, through the model's final norm, to ViTDet's simple feature pyramid. Which one a model is, is read
 from its feature_info, so a new family needs no change here. Each output gets a channels-first LayerNorm, as the
-official dense backbones add (VMamba's `outnorm{i}`); the input is zero-padded to the stride multiple the model
-needs and the outputs are cropped back to ceil(size / stride), so any input size works.
+official dense backbones add (VMamba's `outnorm{i}`); the input is zero-padded (bottom and right) to the stride
+multiple the model needs and the outputs are cropped back to ceil(size / stride), so any input size works.
 """
 
 from __future__ import annotations
@@ -104,16 +104,22 @@ class DenseBackbone(nn.Module):
         self.body = model
         self.norms = nn.ModuleList(LayerNorm2d(c) if norm_outputs else nn.Identity() for c in self.out_channels)
         patch_size = getattr(model, "patch_size", 1)
+        patch_size = patch_size if isinstance(patch_size, int) else 1
+        finest = min(info["reduction"] for info in feature_info)
         self.size_multiple = math.lcm(
             *self.strides,
             *(info["reduction"] for info in feature_info),
             getattr(model, "input_multiple", 1),
-            patch_size if isinstance(patch_size, int) else 1,
+            patch_size,
         )
+        # overlapping patches (Vim's "+" models: 16-pixel patches every 8) give (size - patch) / stride + 1 of them,
+        # one row short of size / stride: one more multiple of padding covers that at every level
+        self.extra_padding = self.size_multiple if patch_size > finest else 0
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         height, width = x.shape[-2:]
-        pad_h, pad_w = -height % self.size_multiple, -width % self.size_multiple
+        pad_h = -height % self.size_multiple + self.extra_padding
+        pad_w = -width % self.size_multiple + self.extra_padding
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         features = self.body.forward_intermediates(
