@@ -9,7 +9,7 @@ STAMP   = $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,demo,export,dense]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -20,7 +20,12 @@ quickstart: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: lint
+# the browser test drives Debian's chromium (playwright's executable_path): nothing is downloaded at test time
+CHROMIUM = /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update && apt-get install -y chromium
+
+test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 clean:

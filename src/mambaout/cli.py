@@ -14,6 +14,9 @@ from .analysis.benchmark import BenchmarkError
 from .analysis.erf import ERFError
 from .analysis.flops import model_flops
 from .analysis.transformer_flops import transformer_block_flops
+from .apps.demo import DemoError
+from .apps.export import ExportError
+from .apps.onnx_predict import OnnxModelError
 from .checkpoints import CheckpointError
 from .data.folder import DatasetError
 from .data.images import ImageReadError
@@ -42,6 +45,9 @@ EXPECTED_ERRORS = (
     TrainingDivergedError,
     ERFError,
     BenchmarkError,
+    ExportError,
+    OnnxModelError,
+    DemoError,
 )
 
 
@@ -99,6 +105,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.predict import predict_files
     from .factory import create_model
 
+    if args.onnx:
+        return _predict_onnx(args)
+    if not args.images:
+        raise UsageError("predict needs a MODEL and at least one IMAGE (or --onnx FILE IMAGE...)")
     if not (args.checkpoint or args.pretrained):
         logging.getLogger("mambaout").warning(
             "no --checkpoint or --pretrained: %s has random weights, its predictions mean nothing", args.model
@@ -370,6 +380,45 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _predict_onnx(args: argparse.Namespace) -> int:
+    from .apps.onnx_predict import predict_onnx_files
+
+    images = [args.model, *args.images]  # with --onnx there is no MODEL: every positional is an image
+    predictions, errors = predict_onnx_files(args.onnx, images, topk=args.topk)
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    if args.json:
+        rows = [{"image": path, "top": [vars(g) for g in top]} for path, top in predictions]
+        print(json.dumps(rows, indent=2))
+    else:
+        for path, top in predictions:
+            print(path)
+            for g in top:
+                print(f"  {g.probability:7.2%}  {g.label}  ({g.index})")
+    return 1 if errors else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .apps.export import export_model
+    from .factory import create_model
+
+    if not (args.checkpoint or args.pretrained):
+        logging.getLogger("mambaout").warning("no --checkpoint or --pretrained: exporting random weights")
+    model = create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
+    report = export_model(model, args.format, args.output, tuple(args.size) if args.size else None,
+                          dynamic_batch=args.dynamic_batch, verify_output=not args.no_verify)  # fmt: skip
+    print(report.format_lines())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .apps.demo import launch_demo
+
+    launch_demo(model=args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, host=args.host,
+               port=args.port, checkpoint_dir=args.checkpoint_dir, share_host=args.allow_remote)  # fmt: skip
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .apps.quickstart import run_quickstart
 
@@ -401,8 +450,9 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     p.set_defaults(func=cmd_flops)
 
     p = sub.add_parser("predict", help="top-k classes for image files")
-    p.add_argument("model")
-    p.add_argument("images", nargs="+")
+    p.add_argument("model", help="registered model name (with --onnx: the first image)")
+    p.add_argument("images", nargs="*")
+    p.add_argument("--onnx", metavar="FILE", help="predict with an exported ONNX file on ONNX Runtime (no MODEL)")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint", help="weights file (.pth/.pt/.bin/.safetensors, official or ours)")
     weights.add_argument("--pretrained", action="store_true", help="the release weights (downloaded once)")
@@ -473,6 +523,29 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     p.add_argument("--memory-limit", type=float, metavar="MB", help="most memory a case may add (emulates less)")
     p.add_argument("--out", default="benchmark_results", help="folder for results.json, results.csv and PNGs")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("export", help="ONNX (dynamo exporter) or torch.export .pt2 file, verified against eager")
+    p.add_argument("model")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint", help="weights file (.pth/.pt/.bin/.safetensors, official or ours)")
+    weights.add_argument("--pretrained", action="store_true", help="the release weights (downloaded once)")
+    p.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
+    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: the model's)")
+    p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: batch 1)")
+    p.add_argument("--output", help="file to write (default: MODEL_HxW.FORMAT)")
+    p.add_argument("--no-verify", action="store_true", help="skip running the file against eager PyTorch")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="gradio web demo (default: the model `make quickstart` trains), on 127.0.0.1")
+    p.add_argument("--model", help="registered model name (default: the quickstart checkpoint's)")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint", help="weights file (default: quickstart_output's best.pth)")
+    weights.add_argument("--pretrained", action="store_true", help="the release weights (downloaded once)")
+    p.add_argument("--checkpoint-dir", help="folder whose checkpoints the model picker offers (default: quickstart's)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (others need --allow-remote)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--allow-remote", action="store_true", help="allow --host to be an interface other machines reach")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("quickstart", help="generate a dataset, train a small MambaOut on it, validate, predict")
     p.add_argument("--out", default="quickstart_output", help="folder for the data, checkpoints and logs")
