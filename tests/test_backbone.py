@@ -222,7 +222,9 @@ def test_bad_out_indices_are_refused(out_indices):
 
 
 def test_dense_drop_path_table_names_registered_models_and_reaches_the_model():
-    assert set(DENSE_DROP_PATH) <= set(mambaout.list_models())
+    registered = set(mambaout.list_models())
+    assert set(DENSE_DROP_PATH) <= registered
+    assert registered - set(DENSE_DROP_PATH) == set(TEST_MODELS) | {"deit_test_causal"}  # every real model has one
     assert all(0.0 <= rate < 1.0 for rate in DENSE_DROP_PATH.values())
     assert dense_drop_path_rate("mambaout_tiny") == 0.3 and dense_drop_path_rate("vmamba2_base_s2l5") == 0.6
     assert dense_drop_path_rate("mambaout_test") == 0.1
