@@ -284,7 +284,8 @@ def cmd_segment_data(args: argparse.Namespace) -> int:
     root = write_segmentation_dataset(args.out, args.train_images, args.val_images, tuple(args.size), args.seed)
     print(f"wrote a generated dataset in ADE20K's layout to {root}; train on it with e.g.\n"
           f"  mambaout segment-train {root} --backbone mambaout_femto --iterations 600 --iters-per-epoch 200 "
-          "--warmup-iters 50 -b 8 --lr 1e-3 --img-scale 128 64 --crop-size 64 --channels 64 --aux-channels 32")  # fmt: skip
+          "--warmup-iters 50 -b 8 --lr 1e-3 --img-scale 128 64 --crop-size 64 --channels 128 "
+          "--aux-channels 64")  # fmt: skip
     return 0
 
 
@@ -304,6 +305,8 @@ def cmd_segment_eval(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(args.data_dir, args.checkpoint, mode=args.mode, multi_scale=args.multi_scale,
                                  flip=args.flip, split=args.split, device=args.device, workers=args.workers,
                                  amp=args.amp, use_ema=args.use_ema)  # fmt: skip
+    if not report.main_process:
+        return 0
     if args.json:
         print(json.dumps({"images": report.images, "skipped": report.skipped, **report.metrics.summary(),
                           "class_iou": report.metrics.class_iou}, indent=2))  # fmt: skip

@@ -250,6 +250,7 @@ class EvaluationReport:
     images: int
     skipped: int
     settings: InferenceSettings
+    main_process: bool = True  # rank 0 of a torchrun job (every rank holds the same numbers; one prints them)
 
     def format(self) -> str:
         how = f"{self.settings.mode}, {'multi-scale' if len(self.settings.ratios) > 1 else 'single-scale'}"
@@ -291,4 +292,4 @@ def evaluate_checkpoint(
         )  # fmt: skip
     finally:
         distributed.teardown()
-    return EvaluationReport(metrics, len(dataset) - skipped, skipped + len(dataset.skipped), settings)
+    return EvaluationReport(metrics, len(dataset) - skipped, skipped + len(dataset.skipped), settings, env.is_main)
