@@ -42,8 +42,8 @@ class ConvModule(nn.Sequential):
         nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")  # mmcv's ConvModule init
 
 
-class ClassifierMixin(nn.Module):
-    """mmseg's BaseDecodeHead.cls_seg: Dropout2d then a 1x1 conv to the classes."""
+class DecodeHead(nn.Module):
+    """mmseg's BaseDecodeHead: every head ends in cls_seg, Dropout2d then a 1x1 conv to the classes."""
 
     def _classifier(self, channels: int, num_classes: int, dropout: float) -> None:
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
@@ -55,7 +55,7 @@ class ClassifierMixin(nn.Module):
         return self.conv_seg(self.dropout(x))
 
 
-class UperHead(ClassifierMixin):
+class UperHead(DecodeHead):
     """mmseg's UPerHead: maps at strides 4/8/16/32 -> class logits at stride 4."""
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, channels: int = 512,
@@ -86,7 +86,7 @@ class UperHead(ClassifierMixin):
         return self.cls_seg(fused)
 
 
-class FCNHead(ClassifierMixin):
+class FCNHead(DecodeHead):
     """mmseg's FCNHead as UperNet's auxiliary head: one 3x3 ConvModule (concat_input=False), then cls_seg."""
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 256, in_index: int = 2,
