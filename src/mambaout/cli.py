@@ -369,7 +369,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from .dense.detect_predict import detect_files
     from .dense.detection import load_detector
 
-    model, meta = load_detector(args.checkpoint, use_ema=args.use_ema)
+    model, meta = load_detector(args.checkpoint, use_ema=args.use_ema, box_score_thresh=args.score_threshold)
     done, errors = detect_files(model, args.images, meta["class_names"], args.out, args.score_threshold, args.device)
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
@@ -418,7 +418,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .apps.demo import launch_demo
 
     launch_demo(model=args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, host=args.host,
-               port=args.port, checkpoint_dir=args.checkpoint_dir, share_host=args.allow_remote)  # fmt: skip
+               port=args.port, checkpoint_dir=args.checkpoint_dir, share_host=args.allow_remote,
+               input_size=tuple(args.size) if args.size else None)  # fmt: skip
     return 0
 
 
@@ -548,6 +549,8 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (others need --allow-remote)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--allow-remote", action="store_true", help="allow --host to be an interface other machines reach")
+    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
+                   help="input size (default: the training run's img_size from args.yaml, else the model's)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("quickstart", help="generate a dataset, train a small MambaOut on it, validate, predict")

@@ -116,7 +116,9 @@ def create_detector(
 
 def load_detector(path: str | os.PathLike, use_ema: bool = False,
                   **maskrcnn_options: Any) -> tuple[MaskRCNNDetector, dict[str, Any]]:  # fmt: skip
-    """The detector a `detect-train` checkpoint holds (on CPU, eval mode) and its metadata ('detector' key)."""
+    """The detector a `detect-train` checkpoint holds (on CPU, eval mode) and its metadata ('detector' key).
+
+    The RPN and post-processing settings are the training run's (as its validation used them) unless overridden."""
     state = load_training_checkpoint(path)
     meta = state.get("detector")
     if state.get("task") != "DetectionTask" or not isinstance(meta, dict):
@@ -127,7 +129,7 @@ def load_detector(path: str | os.PathLike, use_ema: bool = False,
         raise CheckpointError(f"{os.fspath(path)!r} was trained without --model-ema: it has no EMA weights")
     long_side, short_side = meta["img_scale"]
     model = create_detector(meta["backbone"], len(meta["class_names"]), min_size=short_side, max_size=long_side,
-                            **{**meta["architecture"], **maskrcnn_options})  # fmt: skip
+                            **meta["architecture"], **{**meta.get("inference", {}), **maskrcnn_options})  # fmt: skip
     check_fits(model.state_dict(), weights, os.fspath(path))
     model.load_state_dict(weights)
     return model.eval(), meta

@@ -199,6 +199,7 @@ class DetectionTask(Task):
             "category_ids": list(self.category_ids),
             "img_scale": list(config.img_scale),
             "architecture": config.architecture(),
+            "inference": config.inference_options(),
         }}  # fmt: skip
 
     def describe(self, parts: TaskParts) -> str:
