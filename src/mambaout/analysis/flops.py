@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..errors import InputSizeError, check_input_size
 from ..factory import create_model
@@ -26,7 +26,16 @@ def _layer_norm_flops(input_shape, normalized_shape, weight_shape=None, bias_sha
     return 2 * per_element * math.prod(input_shape)  # in FLOPs, i.e. twice fvcore's MACs
 
 
-EXTRA_FORMULAS = {aten.native_layer_norm: _layer_norm_flops}  # keyed by overload packet, as torch does
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# keyed by overload packet, as torch does. torch registers SDPA's CUDA kernels but not the one CPU attention
+# dispatches to (`_scaled_dot_product_flash_attention_for_cpu`), which would count DeiT's attention as free.
+EXTRA_FORMULAS = {
+    aten.native_layer_norm: _layer_norm_flops,
+    aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+}
 
 
 @dataclass(frozen=True)
