@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import tv_tensors
@@ -234,6 +233,8 @@ def photometric_distortion(image: torch.Tensor) -> torch.Tensor:
     saturation = _uniform(0.5, 1.5) if _coin() else None
     hue = int(torch.randint(-18, 18, ()).item()) if _coin() else None
     if saturation is not None or hue is not None:
+        from matplotlib.colors import hsv_to_rgb, rgb_to_hsv  # here: importing matplotlib costs every CLI command 1 s
+
         hsv = rgb_to_hsv((image / 255).permute(1, 2, 0).numpy())
         if saturation is not None:
             hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 1)
