@@ -2,12 +2,13 @@
 
 from . import models  # noqa: F401  (fills the registry)
 from .dense.backbone import create_backbone
+from .dense.detection import create_detector
 from .dense.upernet import create_segmenter
 from .factory import create_model, load_checkpoint, save_checkpoint
 from .registry import get_model_spec, list_models
 
 __all__ = [
-    "create_backbone", "create_model", "create_segmenter", "get_model_spec", "list_models", "load_checkpoint",
-    "save_checkpoint",
+    "create_backbone", "create_detector", "create_model", "create_segmenter", "get_model_spec", "list_models",
+    "load_checkpoint", "save_checkpoint",
 ]  # fmt: skip
 __version__ = "0.1.0"
