@@ -42,7 +42,10 @@ NAMES = list(CLASSES)
 
 def png_bomb(path: Path, side: int = 20000) -> Path:
     """A valid 8-bit grey PNG of side x side zeros: ~400 MP when decoded, a few hundred KB on disk."""
-    raw = zlib.compress(b"\x00" * (side + 1) * side, 9)
+    rows = 500  # compressed a slab of rows at a time: the ~400 MB of pixels never exist at once
+    deflate = zlib.compressobj(1)
+    slab = b"\x00" * (side + 1) * rows  # filter byte 0 + a row of zeros
+    raw = b"".join(deflate.compress(slab) for _ in range(side // rows)) + deflate.flush()
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -232,3 +235,22 @@ def test_concurrent_requests_are_all_answered(assets, server):
                 assert label["label"] == expected_top
     assert client.predict(f"{CHECKPOINT_PREFIX}tiny.safetensors", handle_file(str(assets["good"])),
                           api_name="/classify")[3].startswith(expected_top)  # fmt: skip
+
+
+def test_offline_default_serves_the_quickstart_checkpoint_at_its_training_size(assets, tmp_path, monkeypatch):
+    import torch
+
+    from mambaout.apps.demo import QUICKSTART_CHECKPOINT, QUICKSTART_EXAMPLES, example_images
+
+    monkeypatch.chdir(tmp_path)
+    QUICKSTART_CHECKPOINT.parent.mkdir(parents=True)
+    state = {"state_dict": assets["model"].state_dict(), "model_name": "mambaout_test", "class_names": NAMES}
+    torch.save(state, QUICKSTART_CHECKPOINT)  # the layout of the training engine's best.pth
+    (QUICKSTART_CHECKPOINT.parent / "args.yaml").write_text("model: mambaout_test\nimg_size: 32\n")
+    shutil.copytree(assets["root"] / "shapes" / "val", QUICKSTART_EXAMPLES)
+    choices, first = resolve_choices(None, None, False, None)
+    assert first == f"{CHECKPOINT_PREFIX}best.pth" and choices[0].checkpoint == QUICKSTART_CHECKPOINT
+    result = classify(ModelPool(choices), first, assets["good"])  # no input size given: args.yaml's 32
+    assert "48x48 image seen as a 32x32 crop" in result.status
+    assert max(result.label, key=result.label.get) == _expected_top(assets, assets["good"])
+    assert len(example_images(QUICKSTART_EXAMPLES)) == len(NAMES)

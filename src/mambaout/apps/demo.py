@@ -79,6 +79,20 @@ def checkpoint_model_name(path: Path) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def training_input_size(checkpoint: Path | None) -> tuple[int, int] | None:
+    """The img_size a training run recorded in args.yaml beside its checkpoints (quickstart trains at 32), or None."""
+    args = None if checkpoint is None else checkpoint.parent / "args.yaml"
+    if args is None or not args.is_file():
+        return None
+    import yaml
+
+    try:
+        size = (yaml.safe_load(args.read_text()) or {}).get("img_size")
+    except (yaml.YAMLError, AttributeError):
+        return None
+    return (int(size), int(size)) if isinstance(size, int) and size > 0 else None
+
+
 def find_checkpoints(folder: str | os.PathLike | None) -> list[ModelChoice]:
     """Checkpoint files under `folder` (best.pth first), as picker entries keyed by their relative path."""
     if folder is None or not Path(folder).is_dir():
@@ -160,7 +174,8 @@ class ModelPool:
                     f"{choice.checkpoint} does not record its model name: serve it with --model NAME --checkpoint PATH"
                 )
         model = create_model(name, pretrained=choice.pretrained, checkpoint=choice.checkpoint).eval()
-        size = self.input_size or tuple(model.pretrained_cfg["input_size"][-2:])
+        size = self.input_size or training_input_size(choice.checkpoint)
+        size = size or tuple(model.pretrained_cfg["input_size"][-2:])
         # the fast path without torch.compile: a demo serves single images from several threads
         fast = prepare_for_inference(model, fast=True, compile=False, input_size=size)
         return LoadedModel(model, fast, eval_transform(model, size), class_names(model), size)
