@@ -336,7 +336,7 @@ def cmd_detect_data(args: argparse.Namespace) -> int:
     root = write_coco_dataset(args.out, args.train_images, args.val_images, tuple(args.size), args.seed)
     print(f"wrote a generated instance-segmentation dataset in COCO's format to {root}; train on it with e.g.\n"
           f"  mambaout detect-train {root} --backbone mambaout_femto --img-scale 128 96 -b 4 --lr 4e-4 "
-          "--warmup-iters 20 --epochs 12 --fpn-channels 64 --box-head-dim 256 --mask-head-channels 64 "
+          "--warmup-iters 10 --epochs 6 --lr-steps 4 5 --fpn-channels 64 --box-head-dim 256 --mask-head-channels 64 "
           "--rpn-post-nms-train 200 --box-batch-size-per-image 64")  # fmt: skip
     return 0
 
@@ -593,8 +593,8 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
 
     p = sub.add_parser("detect-data", help="write a generated instance-segmentation dataset in COCO's format")
     p.add_argument("out", help="folder to write (annotations/instances_{train,val}.json, train/, val/)")
-    p.add_argument("--train-images", type=_count(1), default=64)
-    p.add_argument("--val-images", type=_count(1), default=16)
+    p.add_argument("--train-images", type=_count(1), default=32)
+    p.add_argument("--val-images", type=_count(1), default=8)
     p.add_argument("--size", nargs=2, type=_count(16), default=(128, 96), metavar=("W", "H"))
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_detect_data)
