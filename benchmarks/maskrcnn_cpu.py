@@ -43,7 +43,7 @@ def cpu_model() -> str:
 
 def test_image(height: int, width: int) -> torch.Tensor:
     image, _ = draw_scene(np.random.default_rng(0), width // 8, height // 8)
-    pixels = torch.from_numpy(np.asarray(image.resize((width, height)))).permute(2, 0, 1)
+    pixels = torch.from_numpy(np.array(image.resize((width, height)))).permute(2, 0, 1)
     return pixels.float() / 255
 
 
