@@ -41,11 +41,9 @@ NAMES = list(CLASSES)
 
 
 def png_bomb(path: Path, side: int = 20000) -> Path:
-    """A valid 8-bit grey PNG of side x side zeros: ~400 MP when decoded, a few hundred KB on disk."""
-    rows = 500  # compressed a slab of rows at a time: the ~400 MB of pixels never exist at once
-    deflate = zlib.compressobj(1)
-    slab = b"\x00" * (side + 1) * rows  # filter byte 0 + a row of zeros
-    raw = b"".join(deflate.compress(slab) for _ in range(side // rows)) + deflate.flush()
+    """An 8-bit grey PNG whose header says side x side (400 MP at 20000). Its IDAT holds only the first rows of
+    zeros: a reader that decodes instead of refusing on the header reports a truncated file, not a bomb."""
+    raw = zlib.compress(b"\x00" * (side + 1) * 16, 9)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

@@ -16,6 +16,7 @@ from mambaout.apps.export import (
     TOLERANCE,
     ExportError,
     export_model,
+    export_program,
     preprocessing_metadata,
     read_pt2_metadata,
     verify,
@@ -48,8 +49,9 @@ def scan_calls(model: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_family_exports_to_onnx_and_pt2_with_a_dynamic_batch(name, tmp_path):
-    model = create_model(name, num_classes=7)
-    onnx_report = export_model(model, "onnx", tmp_path / "m.onnx", SIZE, dynamic_batch=True)
+    model = create_model(name, num_classes=7).eval()
+    program = export_program(model, SIZE, dynamic_batch=True)  # one trace for both files
+    onnx_report = export_model(model, "onnx", tmp_path / "m.onnx", SIZE, dynamic_batch=True, program=program)
     assert onnx_report.checked_batches == (1, 2) and onnx_report.max_rel_diff <= TOLERANCE
     stored = {p.key: p.value for p in onnx.load(tmp_path / "m.onnx").metadata_props}
     assert stored == preprocessing_metadata(model, SIZE)
@@ -62,7 +64,7 @@ def test_every_family_exports_to_onnx_and_pt2_with_a_dynamic_batch(name, tmp_pat
     got = classifier.logits(x.numpy())
     assert np.abs(got - expected).max() <= TOLERANCE * np.abs(expected).max()
 
-    pt2_report = export_model(model, "pt2", tmp_path / "m.pt2", SIZE, dynamic_batch=True)
+    pt2_report = export_model(model, "pt2", tmp_path / "m.pt2", SIZE, dynamic_batch=True, program=program)
     assert pt2_report.max_rel_diff <= TOLERANCE
     assert pt2_report.scan_nodes == scan_calls(model)  # the custom op stays one node per call
     assert read_pt2_metadata(tmp_path / "m.pt2") == preprocessing_metadata(model, SIZE)

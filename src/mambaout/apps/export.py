@@ -93,7 +93,8 @@ def _relative_difference(got: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(got.astype(np.float64) - expected).max()) / scale
 
 
-def _export_program(model: nn.Module, input_size: tuple[int, int], dynamic_batch: bool) -> torch.export.ExportedProgram:
+def export_program(model: nn.Module, input_size: tuple[int, int], dynamic_batch: bool) -> torch.export.ExportedProgram:
+    """`torch.export` of the model at `input_size`, batch 1 or dynamic; ExportError naming what failed."""
     # a batch of 2 as the example: torch.export specialises a batch of 1 to the constant 1
     example = torch.randn(2 if dynamic_batch else 1, 3, *input_size)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
@@ -175,8 +176,12 @@ def export_model(
     dynamic_batch: bool = False,
     verify_output: bool = True,
     tolerance: float = TOLERANCE,
+    program: torch.export.ExportedProgram | None = None,
 ) -> ExportReport:
-    """Export a classifier made by `create_model` to ONNX or .pt2 in float32 and (by default) verify the file."""
+    """Export a classifier made by `create_model` to ONNX or .pt2 in float32 and (by default) verify the file.
+
+    `program` reuses an `export_program` of the same model, size and batch mode (one trace for both formats).
+    """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if not hasattr(model, "pretrained_cfg") or "num_classes" not in model.pretrained_cfg:
@@ -194,7 +199,7 @@ def export_model(
         raise ExportError(f"{name} cannot run at {size[0]}x{size[1]}: {error}") from error
     metadata = preprocessing_metadata(model, size)
     start = time.perf_counter()
-    program = _export_program(model, size, dynamic_batch)
+    program = program or export_program(model, size, dynamic_batch)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
         _to_onnx(program, path, metadata)
