@@ -141,3 +141,8 @@ def test_whole_mode_resizes_to_the_test_scale_keeping_the_aspect_ratio():
                                                           flip=True))  # fmt: skip
     # (2048, 512) x 0.5 = (1024, 256): 300x100 -> 768x256; x 1.0: 1536x512; each with and without flip
     assert model.calls == [(1, 3, 256, 768)] * 2 + [(1, 3, 512, 1536)] * 2
+
+
+def test_upernet_mambaout_tiny_has_the_papers_parameter_count():
+    model = mambaout.create_segmenter("mambaout_tiny", num_classes=150)  # ADE20K
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6) == 54  # the paper's Table 4: 54M
