@@ -213,7 +213,7 @@ def test_known_perturbations_give_hand_computed_ap(data):
     metrics = coco_metrics(coco, results, list(coco.imgs))
     assert metrics["bbox_mAP"] == pytest.approx(expected, abs=1e-9)
     assert metrics["segm_mAP"] == pytest.approx(expected, abs=1e-9)
-    assert expected < 0.6
+    assert expected < 0.7  # well below 1: the missing half counts
 
     # every box of one class moved off its object: that class scores 0 for boxes, its masks are still exact
     first = sorted(counts)[0]
