@@ -154,3 +154,8 @@ def test_predict_onnx_refuses_files_without_metadata(tmp_path, capsys):
     Image.new("RGB", (8, 8)).save(image)
     assert main(["predict", "--onnx", str(tmp_path / "junk.onnx"), str(image)]) == 2
     assert "cannot open ONNX file" in capsys.readouterr().err
+
+
+def test_predict_without_images_is_a_usage_error(capsys):
+    assert main(["predict", "mambaout_test"]) == 2
+    assert "at least one IMAGE" in capsys.readouterr().err
