@@ -132,7 +132,7 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(dat
     # sampled sets do not depend on each process's random stream. What still differs: torchvision averages each loss
     # over the RoIs of the process's batch, and DDP averages the processes, so images with more RoIs weigh a little
     # differently. SGD, not AdamW: Adam would blow rounding noise in near-zero gradients up to full-size steps.
-    options = dict(QUICK, epochs=1, deterministic=True, experiment="run", hflip=0.0, val_split="", opt="sgd",
+    options = dict(QUICK, epochs=1, deterministic=True, experiment="run", hflip=0.0, opt="sgd",
                    lr=0.02, warmup_iters=0, rpn_batch_size_per_image=4096, box_batch_size_per_image=512,
                    max_steps_per_epoch=2)  # fmt: skip
     one = [console_script(), "detect-train", str(data), *_flags(dict(options, batch_size=4))]
@@ -153,6 +153,13 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(dat
     assert moved > 0 and apart < 0.1 * moved, (apart, moved)  # without gradient averaging they drift as far apart
     (ra,), (rb,) = _summary(tmp_path / "one" / "run"), _summary(tmp_path / "two" / "run")
     assert float(ra["train_loss"]) == pytest.approx(float(rb["train_loss"]), rel=0.05)
+    # validation gathered both processes' detections: one process evaluating the same weights finds the same AP
+    from mambaout.dense.detection_task import evaluate_checkpoint
+
+    alone = evaluate_checkpoint(data, tmp_path / "two" / "run" / "last.pth", workers=0).evaluation
+    assert alone.images == 4
+    for key in ("bbox_mAP", "segm_mAP", "bbox_mAP_50", "segm_mAP_50"):
+        assert alone.metrics[key] == pytest.approx(float(rb[f"val_{key}"]), abs=1e-9), key
 
 
 def _architecture() -> dict:
