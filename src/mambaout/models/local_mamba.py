@@ -376,7 +376,9 @@ class LocalVisionMamba(GridTokenModel):
         if len(directions) != depth:
             raise ValueError(f"{len(directions)} scan-direction lists for {depth} layers")
         self.num_prefix_tokens = int(mid_cls_token)
-        self.global_pool = check_global_pool(global_pool or ("token" if mid_cls_token else "avg"), mid_cls_token)
+        if global_pool is None:  # the official read-out: the middle class token, else the mean of the tokens
+            global_pool = "token" if mid_cls_token else "avg"
+        self.global_pool = check_global_pool(global_pool, mid_cls_token)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.patch_size = patch_size
