@@ -283,8 +283,8 @@ def cmd_segment_data(args: argparse.Namespace) -> int:
 
     root = write_segmentation_dataset(args.out, args.train_images, args.val_images, tuple(args.size), args.seed)
     print(f"wrote a generated dataset in ADE20K's layout to {root}; train on it with e.g.\n"
-          f"  mambaout segment-train {root} --backbone mambaout_femto --iterations 600 --iters-per-epoch 200 "
-          "--warmup-iters 50 -b 8 --lr 1e-3 --img-scale 128 64 --crop-size 64 --channels 128 "
+          f"  mambaout segment-train {root} --backbone mambaout_femto --iterations 200 --iters-per-epoch 100 "
+          "--warmup-iters 20 -b 8 --lr 1e-3 --img-scale 128 64 --crop-size 64 --channels 128 "
           "--aux-channels 64")  # fmt: skip
     return 0
 
