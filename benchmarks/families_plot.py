@@ -22,6 +22,9 @@ import mambaout
 from mambaout.analysis.flops import model_flops
 
 MARKERS = {"mambaout": "*", "vmamba": "s", "vim": "o", "vit": "^", "local_vim": "D", "local_vmamba": "P"}
+COLORS = {
+    f: f"C{i}" for i, f in enumerate(("mambaout", "vmamba", "vim", "vit", "local_vim", "local_vmamba", "plainmamba"))
+}
 
 
 def published_models() -> list[str]:
@@ -45,6 +48,7 @@ def _scatter(ax, points: list[tuple[str, str, float, float]], xlabel: str, log_x
             [p[2] for p in mine],
             [p[3] for p in mine],
             marker=MARKERS.get(family, "x"),
+            color=COLORS.get(family),
             markersize=8 if family == "mambaout" else 6,
             linewidth=1,
             label=family,
