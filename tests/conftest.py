@@ -7,6 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one thread each, for them and the processes they start
+    # (oversubscribed OpenMP threads spin and wait, which made steps 10-50x slower)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 # The reference listings live in shared/ beside the checkout (CI clones the repo with shared/ beside it).
 REFERENCE = Path(os.environ.get("MAMBAOUT_REFERENCE", REPO.parent / "shared" / "reference"))

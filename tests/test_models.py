@@ -50,9 +50,12 @@ def test_intermediates_agree_with_features_and_feature_info(name):
         last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
     assert torch.equal(final, features)
     assert len(stages) == len(model.feature_info)
+    # overlapping patches (Vim "+": 16x16 at stride 8) give (64 - 16) // 8 + 1 = 7 tokens a side, not 64 // 8
+    overlap = getattr(model, "patch_size", 0) - getattr(model, "patch_stride", getattr(model, "patch_size", 0))
     for feat, info in zip(stages, model.feature_info):
+        side = (64 - overlap) // info["reduction"]
         assert feat.shape[1] == info["num_chs"]
-        assert feat.shape[2:] == (64 // info["reduction"], 64 // info["reduction"])
+        assert feat.shape[2:] == (side, side)
     if model.output_fmt == "NHWC":
         # the last stage's NCHW output is forward_features' NHWC output
         assert torch.equal(stages[-1], features.permute(0, 3, 1, 2))

@@ -98,10 +98,6 @@ def export_program(model: nn.Module, input_size: tuple[int, int], dynamic_batch:
     # a batch of 2 as the example: torch.export specialises a batch of 1 to the constant 1
     example = torch.randn(2 if dynamic_batch else 1, 3, *input_size)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
-    with torch.no_grad():
-        # fill the models' caches of index tensors (scan orders) eagerly: filled while tracing, they would hold
-        # fake tensors that later eager calls receive
-        model(example)
     try:
         return torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as error:

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.layers import PatchEmbed, calculate_drop_path_rates, lecun_normal_, trunc_normal_
@@ -55,33 +56,38 @@ def parse_direction(direction: str) -> tuple[str, int, bool]:
     raise ValueError(f"unknown scan direction {direction!r}: use h, v or wK (K x K windows), each optionally _flip")
 
 
-@functools.lru_cache(maxsize=512)
 def scan_indices(direction: str, height: int, width: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
     """(order, inverse) of a direction on a height x width map of raster-ordered tokens.
 
     order[t] is the raster index of the token visited at step t, or height * width for a padding token (a zero);
     inverse[p] is the step at which raster token p is visited, so that scanned[..., inverse] undoes the scan.
     """
+    order, inverse = _scan_indices(direction, height, width)
+    return torch.tensor(order, device=device), torch.tensor(inverse, device=device)  # copies: the cache stays intact
+
+
+@functools.lru_cache(maxsize=512)
+def _scan_indices(direction: str, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    # numpy, not tensors: a cache filled while torch.export or torch.compile traces would otherwise keep fake tensors
     kind, size, flip = parse_direction(direction)
     tokens = height * width
-    grid = torch.arange(tokens).view(height, width)
+    grid = np.arange(tokens).reshape(height, width)
     if kind == "h":
         order = grid.flatten()
     elif kind == "v":
-        order = grid.t().flatten()
+        order = grid.T.flatten()
     else:
         rows, cols = -(-height // size), -(-width // size)
-        padded = torch.full((rows * size, cols * size), tokens)
+        padded = np.full((rows * size, cols * size), tokens)
         padded[:height, :width] = grid
         # (window row, row in window, window column, column in window) -> windows first, raster inside each
-        order = padded.view(rows, size, cols, size).permute(0, 2, 1, 3).flatten()
+        order = padded.reshape(rows, size, cols, size).transpose(0, 2, 1, 3).flatten()
     if flip:
-        order = order.flip(0)
-    steps = torch.arange(order.numel())
+        order = order[::-1].copy()
     real = order < tokens
-    inverse = torch.empty(tokens, dtype=torch.long)
-    inverse[order[real]] = steps[real]
-    return order.to(device), inverse.to(device)
+    inverse = np.empty(tokens, dtype=np.int64)
+    inverse[order[real]] = np.arange(order.size)[real]
+    return order.astype(np.int64), inverse
 
 
 def local_scan(x: Tensor, direction: str, height: int, width: int) -> Tensor:

@@ -21,6 +21,7 @@ import itertools
 import math
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, calculate_drop_path_rates, trunc_normal_
@@ -45,7 +46,6 @@ def _snake(outer: int, inner: int, rows_first: bool) -> list[tuple[int, int]]:
     return path
 
 
-@functools.lru_cache(maxsize=64)
 def zigzag_orders(height: int, width: int, device: torch.device | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """(orders, inverses, moves), each (4, H*W), for the four snakes of PlainMamba.
 
@@ -53,15 +53,20 @@ def zigzag_orders(height: int, width: int, device: torch.device | None = None) -
     path backwards (from the right column) - the official four start corners. orders[k, t] is the raster index of the
     token at step t, inverses[k, p] the step at which token p is visited, moves[k, t] the direction-embedding row.
     """
+    return tuple(torch.tensor(a, device=device) for a in _zigzag_orders(height, width))  # copies: the cache is kept
+
+
+@functools.lru_cache(maxsize=64)
+def _zigzag_orders(height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # numpy, not tensors: a cache filled while torch.export or torch.compile traces would otherwise keep fake tensors
     rows = _snake(height, width, rows_first=True)
     cols = _snake(width, height, rows_first=False)
     orders, moves = [], []
     for path in (rows, rows[::-1], cols, cols[::-1]):
         orders.append([r * width + c for r, c in path])
         moves.append([0] + [MOVES[(r1 - r0, c1 - c0)] for (r0, c0), (r1, c1) in itertools.pairwise(path)])
-    orders = torch.tensor(orders)
-    inverses = torch.argsort(orders, dim=1)
-    return orders.to(device), inverses.to(device), torch.tensor(moves, device=device)
+    orders = np.array(orders, dtype=np.int64)
+    return orders, np.argsort(orders, axis=1), np.array(moves, dtype=np.int64)
 
 
 class PlainMamba2D(nn.Module):
