@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -204,13 +205,18 @@ def _names(names: Sequence[str], limit: int = 20) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def split_skipped(samples: Sequence[Any]) -> tuple[list[Any], list[Skipped]]:
+    """(readable samples, `Skipped` markers) of a batch of dataset items: what every task's collate starts with."""
+    skipped = [item for item in samples if isinstance(item, Skipped)]
+    return [item for item in samples if not isinstance(item, Skipped)], skipped
+
+
 def collate_skipping(batch: Sequence[tuple[Tensor, int] | Skipped]) -> tuple[Tensor, Tensor, list[Skipped]]:
     """Stack the readable items; return the `Skipped` markers beside them (they travel back from workers).
 
     When every item of a batch was skipped, images and targets are empty (shape (0,)): skip the step.
     """
-    skipped = [item for item in batch if isinstance(item, Skipped)]
-    good = [item for item in batch if not isinstance(item, Skipped)]
+    good, skipped = split_skipped(batch)
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
     images = torch.stack([image for image, _ in good])

@@ -25,7 +25,7 @@ from timm.scheduler.scheduler import Scheduler
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data.folder import Skipped
+from ..data.folder import split_skipped
 from ..engine import distributed
 from ..engine.loop import FitResult, fit
 from ..engine.task import Batch, Metric, Task, TaskParts
@@ -209,15 +209,13 @@ class DetectionTask(Task):
 
 def collate_train(samples: list) -> Batch:
     """Images of any size as lists (the model's transform batches them); targets in torchvision's format."""
-    skipped = [s for s in samples if isinstance(s, Skipped)]
-    good = [s for s in samples if not isinstance(s, Skipped)]
+    good, skipped = split_skipped(samples)
     targets = [{"boxes": s.boxes, "labels": s.labels, "masks": s.masks} for s in good]
     return Batch([s.image for s in good], targets, len(good), skipped)
 
 
 def collate_eval(samples: list) -> Batch:
-    skipped = [s for s in samples if isinstance(s, Skipped)]
-    good = [s for s in samples if not isinstance(s, Skipped)]
+    good, skipped = split_skipped(samples)
     return Batch([s.image for s in good], [s.image_id for s in good], len(good), skipped)
 
 

@@ -24,7 +24,7 @@ from timm.scheduler.scheduler import Scheduler
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from ..data.folder import Skipped
+from ..data.folder import split_skipped
 from ..data.segmentation import (
     IGNORE_INDEX,
     EvalTransform,
@@ -225,8 +225,7 @@ class SegmentationTask(Task):
 
 
 def collate_train(samples: list) -> Batch:
-    skipped = [s for s in samples if isinstance(s, Skipped)]
-    good = [s for s in samples if not isinstance(s, Skipped)]
+    good, skipped = split_skipped(samples)
     if not good:
         return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), 0, skipped)
     images = torch.stack([image for image, _ in good])
@@ -236,8 +235,7 @@ def collate_train(samples: list) -> Batch:
 
 def collate_eval(samples: list) -> Batch:
     """Images of any size: lists, segmented one at a time."""
-    skipped = [s for s in samples if isinstance(s, Skipped)]
-    good = [s for s in samples if not isinstance(s, Skipped)]
+    good, skipped = split_skipped(samples)
     return Batch([image for image, _ in good], [label for _, label in good], len(good), skipped)
 
 
