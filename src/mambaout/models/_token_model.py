@@ -7,6 +7,7 @@ the class token at `cls_token_index(...)` and the position embedding added) and 
 from __future__ import annotations
 
 import torch
+from timm.layers import trunc_normal_
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -35,6 +36,12 @@ class TokenModel(nn.Module):
         raise NotImplementedError
 
     @torch.jit.ignore
+    def _init_head(self) -> None:
+        """The Mamba token models' head init (truncated normal 0.02, zero bias), also after reset_classifier."""
+        if isinstance(self.head, nn.Linear):
+            trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 

@@ -225,11 +225,6 @@ class PlainMamba(GridTokenModel):
         trunc_normal_(self.pos_embed, std=0.02)
         self._init_head()
 
-    def _init_head(self) -> None:
-        if isinstance(self.head, nn.Linear):
-            trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
-
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """The official paramwise_cfg: position embedding, A_log, D and the direction embeddings."""

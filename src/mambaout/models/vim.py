@@ -284,11 +284,6 @@ class VisionMamba(TokenModel):
         trunc_normal_(self.cls_token, std=0.02)
         self._init_head()
 
-    def _init_head(self) -> None:
-        if isinstance(self.head, nn.Linear):
-            trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
-
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         ssm = {name for name, _ in self.named_parameters() if name.rsplit(".", 1)[-1] in _SSM_NO_DECAY}
