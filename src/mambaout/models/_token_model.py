@@ -36,6 +36,15 @@ class TokenModel(nn.Module):
         raise NotImplementedError
 
     @torch.jit.ignore
+    def _new_head(self, num_classes: int) -> None:
+        """A freshly initialised classifier of `num_classes` (none for 0), on the model's device."""
+        self.num_classes = num_classes
+        if num_classes > 0:
+            self.head = nn.Linear(self.num_features, num_classes, device=self.norm.weight.device)
+            self._init_head()
+        else:
+            self.head = nn.Identity()
+
     def _init_head(self) -> None:
         """The Mamba token models' head init (truncated normal 0.02, zero bias), also after reset_classifier."""
         if isinstance(self.head, nn.Linear):

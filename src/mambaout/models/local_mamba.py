@@ -443,12 +443,7 @@ class LocalVisionMamba(GridTokenModel):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
             self.global_pool = check_global_pool(global_pool, bool(self.num_prefix_tokens))
-        self.num_classes = num_classes
-        if num_classes > 0:
-            self.head = nn.Linear(self.num_features, num_classes, device=self.norm.weight.device)
-            self._init_head()
-        else:
-            self.head = nn.Identity()
+        self._new_head(num_classes)
 
     def cls_token_index(self, num_patches: int) -> int:
         return cls_token_index(num_patches)

@@ -234,12 +234,7 @@ class PlainMamba(GridTokenModel):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
             self.global_pool = check_global_pool(global_pool, has_cls_token=False)
-        self.num_classes = num_classes
-        if num_classes > 0:
-            self.head = nn.Linear(self.num_features, num_classes, device=self.norm.weight.device)
-            self._init_head()
-        else:
-            self.head = nn.Identity()
+        self._new_head(num_classes)
 
     def _grid_embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         x = self.patch_embed(x)

@@ -294,12 +294,7 @@ class VisionMamba(TokenModel):
             if global_pool not in GLOBAL_POOLS:
                 raise ValueError(f"unknown global_pool {global_pool!r}; choose from {GLOBAL_POOLS}")
             self.global_pool = global_pool
-        self.num_classes = num_classes
-        if num_classes > 0:
-            self.head = nn.Linear(self.num_features, num_classes, device=self.norm.weight.device)
-            self._init_head()
-        else:
-            self.head = nn.Identity()
+        self._new_head(num_classes)
 
     def cls_token_index(self, num_patches: int) -> int:
         # The official read-out is this middle token: despite "final_pool_mean" in the model names,
