@@ -1,35 +1,68 @@
 """Deployment backends on the CPU, side by side: images/s at 224 for batch 1 and 16, interleaved repeats.
 
-Backends: PyTorch fp32 eager; our fast path (`prepare_for_inference(fast=True)`: bf16 autocast where the CPU has
-bf16 units, folded norms, channels-last; `--compile` adds torch.compile); ONNX Runtime CPU (all graph
-optimizations) on the file `mambaout export` writes; ONNX Runtime with int8 dynamic quantization of the MatMul /
-Gemm weights (top-1 agreement with fp32 measured on generated images); timm's mambaout_femto eager and compiled where
-the model is MambaOut-Femto. Optionally the median and p95 latency of one prediction through the demo's HTTP API.
+Backends, per model: PyTorch fp32 eager; our fast path (`prepare_for_inference(fast=True)`: bf16 autocast where the
+CPU has bf16 units, folded norms, channels-last and micro-batches for conv networks, torch.compile with frozen
+weights); ONNX Runtime CPU (all graph optimizations) on the file `mambaout export` writes; ONNX Runtime with int8
+dynamic quantization of the MatMul / Gemm weights. For models timm also has (MambaOut), timm's configurations: fp32
+eager, fp32 torch.compile, fp32 torch.compile max-autotune, and bf16 autocast + compile where the CPU has bf16 units;
+"timm best" is the fastest of them at each batch. Top-1 agreement with fp32 eager is measured on generated images.
 
-    python benchmarks/deploy_cpu.py --models mambaout_femto vim_tiny --repeats 3 --demo-requests 30
+Models run one after another (each one's backends interleaved, then freed), so memory holds one model's backends.
 
-Writes deploy_cpu.json (lscpu model and flags included) in --out.
+`--cap-isa avx2` reruns the script with torch, oneDNN, MKL and fbgemm held to AVX2 (ATEN_CPU_CAPABILITY and friends),
+which is how an AVX2-only CPU (AMD EPYC Zen 2/3) runs our code and timm's; ONNX Runtime dispatches on the CPU's own
+flags and cannot be held back, so its rows are left out there.
+
+    python benchmarks/deploy_cpu.py --models mambaout_femto mambaout_tiny vmamba_tiny vim_tiny --demo-requests 30
+    python benchmarks/deploy_cpu.py --models mambaout_femto --batches 16 --cap-isa avx2
+
+Writes deploy_cpu.json (lscpu model and flags, the ISA cap) and deploy_cpu.png in --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
 import json
+import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import torch
+ISA_CAPS = {
+    "avx2": {
+        "ATEN_CPU_CAPABILITY": "avx2",  # ATen's kernels and inductor's generated code
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+    }
+}
 
-from mambaout import create_model
-from mambaout.apps.export import export_model
-from mambaout.engine.inference import prepare_for_inference
+if __name__ == "__main__" and "--cap-isa" in sys.argv:  # the caps must be set before torch loads
+    cap = sys.argv[sys.argv.index("--cap-isa") + 1]
+    if cap in ISA_CAPS and os.environ.get("MAMBAOUT_BENCH_ISA_CAP") != cap:
+        env = {**os.environ, **ISA_CAPS[cap], "MAMBAOUT_BENCH_ISA_CAP": cap}
+        sys.exit(subprocess.run([sys.executable, *sys.argv], env=env).returncode)
+
+import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from mambaout import create_model  # noqa: E402
+from mambaout.apps.export import export_model  # noqa: E402
+from mambaout.engine.inference import cpu_supports_bf16, prepare_for_inference  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 Runner = Callable[[np.ndarray], np.ndarray]
+REFERENCE = "torch_fp32_eager"
 
 
 def lscpu() -> dict[str, object]:
@@ -44,9 +77,9 @@ def lscpu() -> dict[str, object]:
     }
 
 
-def torch_runner(model: torch.nn.Module) -> Runner:
+def torch_runner(model: Callable[[torch.Tensor], torch.Tensor], autocast_bf16: bool = False) -> Runner:
     def run(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16):
             return model(torch.from_numpy(x)).float().numpy()
 
     return run
@@ -70,26 +103,42 @@ def quantized(path: Path) -> Path:
     return out
 
 
-def backends(name: str, work: Path, compile_fast: bool) -> dict[str, Runner]:
-    model = create_model(name).eval()
-    runners = {"torch_fp32_eager": torch_runner(model)}
-    runners["ours_fast_path"] = torch_runner(prepare_for_inference(model, fast=True, compile=compile_fast))
-    onnx_path = work / f"{name}.onnx"
-    export_model(model, "onnx", onnx_path, (224, 224), dynamic_batch=True)
-    runners["onnxruntime_fp32"] = ort_runner(onnx_path)
-    runners["onnxruntime_int8_dynamic"] = ort_runner(quantized(onnx_path))
-    if name == "mambaout_femto":
-        import timm
+def timm_runners(name: str, model: torch.nn.Module) -> dict[str, Runner]:
+    """timm's configurations of the same weights (our MambaOut layout is timm's), where timm has the model."""
+    import timm
 
-        reference = timm.create_model("mambaout_femto", pretrained=False).eval()
-        reference.load_state_dict(model.state_dict())  # our layout is timm's
-        runners["timm_eager"] = torch_runner(reference)
-        runners["timm_compiled"] = torch_runner(torch.compile(reference))
+    if name not in timm.list_models(name):
+        return {}
+    reference = timm.create_model(name, pretrained=False).eval()
+    reference.load_state_dict(model.state_dict())
+    runners = {
+        "timm_fp32_eager": torch_runner(reference),
+        "timm_fp32_compile": torch_runner(torch.compile(reference)),
+        "timm_fp32_compile_max_autotune": torch_runner(
+            torch.compile(copy.deepcopy(reference), mode="max-autotune-no-cudagraphs")
+        ),
+    }
+    if cpu_supports_bf16():  # elsewhere bf16 is emulated: 15x slower than fp32, as the issue measured
+        runners["timm_bf16_autocast_compile"] = torch_runner(torch.compile(reference), autocast_bf16=True)
     return runners
 
 
-def top1_agreement(reference: Runner, other: Runner, images: np.ndarray) -> float:
-    return float((reference(images).argmax(1) == other(images).argmax(1)).mean())
+def backends(name: str, work: Path, with_onnx: bool) -> dict[str, Runner]:
+    model = create_model(name).eval()
+    runners = {REFERENCE: torch_runner(model), "ours_fast_path": torch_runner(prepare_for_inference(model, fast=True))}
+    if with_onnx:
+        onnx_path = work / f"{name}.onnx"
+        export_model(model, "onnx", onnx_path, (224, 224), dynamic_batch=True)
+        runners["onnxruntime_fp32"] = ort_runner(onnx_path)
+        runners["onnxruntime_int8_dynamic"] = ort_runner(quantized(onnx_path))
+    runners.update(timm_runners(name, model))
+    return runners
+
+
+def top1_agreement(reference: Runner, other: Runner, images: np.ndarray, batch: int) -> float:
+    chunks = [images[i : i + batch] for i in range(0, len(images), batch)]
+    ref = np.concatenate([reference(c) for c in chunks]).argmax(1)
+    return float((ref == np.concatenate([other(c) for c in chunks]).argmax(1)).mean())
 
 
 def images_per_second(run: Runner, batch: np.ndarray, iterations: int) -> float:
@@ -99,6 +148,42 @@ def images_per_second(run: Runner, batch: np.ndarray, iterations: int) -> float:
     return iterations * len(batch) / (time.perf_counter() - start)
 
 
+def measure_model(name: str, args: argparse.Namespace, batches: dict[int, np.ndarray], agreement: np.ndarray) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        runners = backends(name, Path(tmp), with_onnx=not os.environ.get("MAMBAOUT_BENCH_ISA_CAP"))
+        for run in tqdm(runners.values(), desc=f"{name}: warm-up (compiles)", disable=None):
+            for batch in batches.values():
+                run(batch)
+                run(batch)  # compiled code can specialise on the first call
+        agreement_batch = max(batches)
+        entry = {
+            "top1_agreement_vs_fp32": {
+                backend: top1_agreement(runners[REFERENCE], run, agreement, agreement_batch)
+                for backend, run in runners.items()
+                if backend != REFERENCE
+            },
+            "images_per_second": {},
+        }
+        samples: dict[tuple[str, int], list[float]] = {}
+        for _ in tqdm(range(args.repeats), desc=f"{name}: interleaved rounds", disable=None):
+            for backend, run in runners.items():
+                for b, batch in batches.items():
+                    samples.setdefault((backend, b), []).append(images_per_second(run, batch, args.iterations))
+    for (backend, b), values in samples.items():
+        entry["images_per_second"].setdefault(backend, {})[f"batch_{b}"] = {
+            "median": statistics.median(values),
+            "samples": values,
+        }
+    timm_rows = {k: v for k, v in entry["images_per_second"].items() if k.startswith("timm_")}
+    if timm_rows:
+        entry["ours_fast_path_vs_timm_best"] = {}
+        for key in entry["images_per_second"]["ours_fast_path"]:
+            best = max(timm_rows, key=lambda k: timm_rows[k][key]["median"])
+            ratio = entry["images_per_second"]["ours_fast_path"][key]["median"] / timm_rows[best][key]["median"]
+            entry["ours_fast_path_vs_timm_best"][key] = {"timm_best": best, "ratio": ratio}
+    return entry
+
+
 def demo_latency(requests: int) -> dict[str, float]:
     """Median and p95 seconds of one prediction through the demo's HTTP API (gradio_client, one at a time)."""
     import socket
@@ -106,6 +191,7 @@ def demo_latency(requests: int) -> dict[str, float]:
     from gradio_client import Client, handle_file
     from PIL import Image
 
+    from mambaout.apps.demo import launch_demo
     from mambaout.factory import save_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,8 +202,6 @@ def demo_latency(requests: int) -> dict[str, float]:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        from mambaout.apps.demo import launch_demo
-
         demo = launch_demo(checkpoint=Path(tmp) / "femto.safetensors", port=port, block=False)
         try:
             client = Client(f"http://127.0.0.1:{port}/", verbose=False)
@@ -133,13 +217,34 @@ def demo_latency(requests: int) -> dict[str, float]:
     return {"requests": requests, "median_s": statistics.median(times), "p95_s": float(np.percentile(times, 95))}
 
 
+def plot(results: dict, path: Path) -> None:
+    models = list(results["models"])
+    batch_keys = list(next(iter(results["models"].values()))["images_per_second"][REFERENCE])
+    fig, axes = plt.subplots(len(batch_keys), len(models), figsize=(4.5 * len(models), 3.8 * len(batch_keys)),
+                             squeeze=False)  # fmt: skip
+    for row, key in enumerate(batch_keys):
+        for ax, name in zip(axes[row], models):
+            speeds = results["models"][name]["images_per_second"]
+            labels = list(speeds)
+            ax.barh(labels, [speeds[b][key]["median"] for b in labels],
+                    color=["tab:orange" if b == "ours_fast_path" else "tab:blue" for b in labels])  # fmt: skip
+            ax.set_title(f"{name}, {key.replace('_', ' ')}")
+            ax.set_xlabel("images/s (median)")
+            ax.tick_params(axis="y", labelsize=7)
+    cap = results["isa_cap"] or "none"
+    fig.suptitle(f"{results['cpu']['model']}, {results['torch_threads']} threads, 224px, ISA cap: {cap}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["mambaout_femto", "mambaout_tiny", "vmamba_tiny", "vim_tiny"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (the median is reported)")
-    parser.add_argument("--iterations", type=int, default=3, help="calls per timing")
-    parser.add_argument("--compile", action="store_true", help="torch.compile our fast path")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (the median is reported)")
+    parser.add_argument("--iterations", type=int, default=2, help="calls per timing")
+    parser.add_argument("--cap-isa", choices=sorted(ISA_CAPS), help="hold torch's libraries to this ISA")
     parser.add_argument("--demo-requests", type=int, default=0, help="also time the demo's HTTP API")
     parser.add_argument("--agreement-images", type=int, default=32)
     parser.add_argument("--out", default="benchmark_results")
@@ -149,44 +254,36 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     batches = {b: rng.standard_normal((b, 3, 224, 224)).astype(np.float32) for b in args.batches}
-    results: dict[str, object] = {"cpu": lscpu(), "torch_threads": torch.get_num_threads(), "models": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        runners = {name: backends(name, Path(tmp), args.compile) for name in args.models}
-        agreement_images = rng.standard_normal((args.agreement_images, 3, 224, 224)).astype(np.float32)
-        for name, by_backend in runners.items():
-            for run in by_backend.values():  # warm-up (and compilation) outside the timings
-                for batch in batches.values():
-                    run(batch)
-            reference = by_backend["torch_fp32_eager"]
-            results["models"][name] = {
-                "top1_agreement_vs_fp32": {
-                    backend: top1_agreement(reference, run, agreement_images)
-                    for backend, run in by_backend.items()
-                    if backend != "torch_fp32_eager"
-                },
-                "images_per_second": {},
-            }
-        samples: dict[tuple[str, str, int], list[float]] = {}
-        for _ in range(args.repeats):  # interleaved: every configuration once per round
-            for name, by_backend in runners.items():
-                for backend, run in by_backend.items():
-                    for b, batch in batches.items():
-                        speed = images_per_second(run, batch, args.iterations)
-                        samples.setdefault((name, backend, b), []).append(speed)
-        for (name, backend, b), values in samples.items():
-            entry = results["models"][name]["images_per_second"].setdefault(backend, {})
-            entry[f"batch_{b}"] = {"median": statistics.median(values), "samples": values}
+    agreement = rng.standard_normal((args.agreement_images, 3, 224, 224)).astype(np.float32)
+    results: dict[str, object] = {
+        "cpu": lscpu(),
+        "isa_cap": os.environ.get("MAMBAOUT_BENCH_ISA_CAP"),
+        "isa_cap_env": {k: os.environ[k] for k in ISA_CAPS.get(args.cap_isa or "", {}) if k in os.environ},
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "fast_path_bf16": cpu_supports_bf16(),
+        "torch_threads": torch.get_num_threads(),
+        "models": {},
+    }
+    for name in args.models:
+        results["models"][name] = measure_model(name, args, batches, agreement)
+        gc.collect()
+        (out / "deploy_cpu.json").write_text(json.dumps(results, indent=2))  # partial results survive a crash
     if args.demo_requests:
         results["demo_http_latency"] = demo_latency(args.demo_requests)
     (out / "deploy_cpu.json").write_text(json.dumps(results, indent=2))
-    print(f"CPU: {results['cpu']['model']} ({', '.join(results['cpu']['flags_of_note'])})")
+    plot(results, out / "deploy_cpu.png")
+    print(f"CPU: {results['cpu']['model']} ({', '.join(results['cpu']['flags_of_note'])}); "
+          f"torch capability {results['torch_cpu_capability']}, ISA cap {results['isa_cap'] or 'none'}")  # fmt: skip
     for name, entry in results["models"].items():
         for backend, by_batch in entry["images_per_second"].items():
             speeds = "  ".join(f"{k} {v['median']:7.1f} img/s" for k, v in by_batch.items())
             agree = entry["top1_agreement_vs_fp32"].get(backend)
-            print(f"{name:<16} {backend:<26} {speeds}" + ("" if agree is None else f"  top-1 agreement {agree:.3f}"))
+            print(f"{name:<16} {backend:<32} {speeds}" + ("" if agree is None else f"  top-1 agreement {agree:.3f}"))
+        for key, best in entry.get("ours_fast_path_vs_timm_best", {}).items():
+            print(f"{name:<16} ours fast path / {best['timm_best']} at {key}: {best['ratio']:.2f}x")
     if "demo_http_latency" in results:
         print("demo HTTP latency:", results["demo_http_latency"])
+    print(f"wrote {out / 'deploy_cpu.json'} and {out / 'deploy_cpu.png'}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """The fast inference path: exact norm folding, bf16 autocast, channels-last and compilation against fp32 eager."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,10 +169,36 @@ def test_fast_preset_picks_the_hardware_precision_and_channels_last_for_conv_net
     fast = prepare_for_inference(conv, fast=True, input_size=(32, 32))
     assert fast.precision == resolve_precision("auto") and fast.channels_last
     assert fast.num_classes == conv.num_classes and fast.pretrained_cfg == conv.pretrained_cfg  # passed through
-    assert not prepare_for_inference(tokens, fast=True, input_size=(32, 32)).channels_last
+    assert fast.micro_batch == inference.CPU_MICRO_BATCH
+    token_fast = prepare_for_inference(tokens, fast=True, input_size=(32, 32))
+    assert not token_fast.channels_last and token_fast.micro_batch is None
     plain = prepare_for_inference(conv)
     assert (plain.precision, plain.channels_last, plain.compiled, plain.folded_norms) == ("fp32", False, None, [])
+    assert plain.micro_batch is None
     assert plain.split_blocks == 0 and fast.split_blocks == sum(isinstance(m, GatedCNNBlock) for m in conv.modules())
+
+
+def test_micro_batches_give_the_logits_of_the_whole_batch(monkeypatch):
+    model = _model("mambaout_test", {})
+    x = torch.randn(7, 3, 32, 32)
+    whole = prepare_for_inference(model, fold_norms=True, input_size=(32, 32))
+    calls = []
+    chunked = prepare_for_inference(model, fold_norms=True, micro_batch=3, input_size=(32, 32))
+    chunked.model.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    got = chunked(x)
+    assert calls == [3, 3, 1]
+    # same kernels on fewer rows: matmuls may block differently, so fp32 rounding, not bitwise
+    assert _relative_error(got, whole(x)) <= EXACT_RTOL
+    with pytest.raises(ValueError, match="micro_batch must be a whole number of images"):
+        prepare_for_inference(model, micro_batch=-1)
+
+
+def test_bf16_is_not_used_when_torch_kernels_are_capped_below_avx512():
+    # an AVX2-only CPU (AMD EPYC Zen 2/3) as torch sees one: bf16 would be emulated there, 15x slower than fp32
+    code = "from mambaout.engine.inference import resolve_precision as r; print(r('auto'))"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "fp32"
 
 
 def test_split_projections_give_the_same_logits_and_leave_the_model_alone():

@@ -3,9 +3,9 @@ simplifications and compilation.
 
 `prepare_for_inference(model, fast=True)` is the fast path: bf16 autocast where the hardware computes in bf16
 natively (AVX512-BF16 / AMX CPUs, CUDA), channels-last for conv networks, MambaOut's fc1 split so that its depthwise
-conv reads a dense tensor, every LayerNorm affine folded into the Linear layers that read it, and `torch.compile`
-with frozen weights (falling back to eager, with a warning, when compilation fails). The user's model is never
-modified: splitting and folding work on a copy.
+conv reads a dense tensor, every LayerNorm affine folded into the Linear layers that read it, large CPU batches of
+conv networks run in micro-batches, and `torch.compile` with frozen weights (falling back to eager, with a warning,
+when compilation fails). The user's model is never modified: splitting and folding work on a copy.
 """
 
 from __future__ import annotations
@@ -30,11 +30,20 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 PRECISION_CHOICES = ("auto", *PRECISIONS)
 # Relative agreement a fold must keep with the unfolded model on the probe input (fp32 rounding is ~1e-6).
 FOLD_RTOL = 1e-4
+# Images per forward call on the CPU fast path for conv networks. Their stride-4 activations for 16 images at 224
+# (MambaOut-Femto's fc1 output: 42 MB) are past glibc's largest mmap threshold (32 MiB), so every call maps fresh
+# pages and the kernel zeroes them; at 8 they come from the heap and stay warm in cache. Measured with
+# benchmarks/deploy_cpu.py: MambaOut-T +30% (bf16, AMX), MambaOut-Femto +7% (bf16) and +20% (fp32, AVX2); token
+# models (Vim) gain nothing, so they keep whole batches.
+CPU_MICRO_BATCH = 8
 
 
 @functools.cache
 def cpu_supports_bf16() -> bool:
-    """True when this CPU multiplies bf16 natively (AVX512-BF16 or AMX), where bf16 autocast beats fp32."""
+    """True when this CPU multiplies bf16 natively (AVX512-BF16 or AMX) and torch's kernels use it (not capped by
+    ATEN_CPU_CAPABILITY=avx2, as on an AVX2-only CPU), where bf16 autocast beats fp32."""
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return False
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # older torch: read the kernel's flags
@@ -222,8 +231,9 @@ def fold_layer_norms(model: nn.Module, sample: Tensor | None = None) -> tuple[nn
 
 class InferenceModel(nn.Module):
     """Runs the wrapped model without autograd, under autocast (when not fp32), with channels-last inputs where asked,
-    through its compiled form when there is one; returns float32 outputs. Other attributes (pretrained_cfg,
-    num_classes, ...) are the wrapped model's."""
+    `micro_batch` images per call when set (exact: in eval mode no image sees another), through its compiled form
+    when there is one; returns float32 outputs. Other attributes (pretrained_cfg, num_classes, ...) are the wrapped
+    model's."""
 
     def __init__(
         self,
@@ -232,12 +242,14 @@ class InferenceModel(nn.Module):
         precision: str,
         channels_last: bool,
         compiled: Callable[[Tensor], Tensor] | None = None,
+        micro_batch: int | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.device_type = device_type
         self.precision = precision
         self.channels_last = channels_last
+        self.micro_batch = micro_batch
         self.folded_norms: list[str] = []
         self.split_blocks = 0
         # kept out of the module tree: the compiled wrapper holds the same parameters
@@ -257,6 +269,8 @@ class InferenceModel(nn.Module):
         return torch.autocast(self.device_type, dtype=PRECISIONS[self.precision])
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.micro_batch and x.dim() > 1 and x.shape[0] > self.micro_batch:
+            return torch.cat([self(chunk) for chunk in x.split(self.micro_batch)])
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), self._autocast():
@@ -300,6 +314,7 @@ def prepare_for_inference(
     *,
     fold_norms: bool | None = None,
     split_projections: bool | None = None,
+    micro_batch: int | None = None,
     fast: bool = False,
     input_size: tuple[int, int] | None = None,
     sample: Tensor | None = None,
@@ -309,6 +324,7 @@ def prepare_for_inference(
     Unset options take their plain defaults (fp32, no channels-last, no folding, eager), or with `fast=True` the fast
     path: precision 'auto', channels-last 'auto' (conv networks), folded norms and torch.compile. MambaOut blocks get
     split input projections (`SplitProjectionBlock`) wherever norms are folded, unless `split_projections` says.
+    Channels-last models on the CPU run CPU_MICRO_BATCH images per call unless `micro_batch` says (0: whole batches).
     The folding is checked on `sample`, by default one image at `input_size` (default: the model's pretrained_cfg
     input size).
     Compiled weights are frozen at the first call: later changes to the model's weights are not seen.
@@ -325,6 +341,10 @@ def prepare_for_inference(
     split = fold if split_projections is None else split_projections
     compile = fast if compile is None else compile
     device = torch.device(device)
+    if micro_batch is None:
+        micro_batch = CPU_MICRO_BATCH if channels_last and device.type == "cpu" else 0
+    if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 0:
+        raise ValueError(f"micro_batch must be a whole number of images (0: whole batches), not {micro_batch!r}")
 
     model = model.eval().to(device)
     folded: list[str] = []
@@ -343,7 +363,8 @@ def prepare_for_inference(
         split_blocks = split_gated_projections(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    wrapped = InferenceModel(model, device.type, precision, channels_last, _compile(model) if compile else None)
+    compiled = _compile(model) if compile else None
+    wrapped = InferenceModel(model, device.type, precision, channels_last, compiled, micro_batch or None)
     wrapped.folded_norms = folded
     wrapped.split_blocks = split_blocks
     return wrapped

@@ -1,8 +1,13 @@
 """The selective scan in ONNX: a translation of ``mambaout::selective_scan`` for the dynamo exporter.
 
-Everything that is parallel over time (the discretisation exp(delta * A), delta * B * u, the D skip and the z gate)
-is plain tensor ops; the recurrence h_t = dA_t * h_{t-1} + dBu_t, y_t = <h_t, C_t> is one ONNX ``Scan`` over the
-time axis, so the graph stays the same size whatever the sequence length. Computed in float32, like the op.
+What is parallel over time and has no state dimension (softplus(delta + bias), delta * u, the D skip, the z gate)
+is plain tensor ops. The recurrence is one ONNX ``Scan`` over the time axis, and its body also forms the per-step
+(batch, dim, N) terms exp(delta_t * A) and delta_t * u_t * B_t: materialising them for every step at once, as
+(L, batch, dim, N) tensors, made VMamba-T (N = 16) need 15 GB at batch 16; per step they stay in cache. The graph
+stays the same size whatever the sequence length. Computed in float32, like the op.
+
+Channels are laid out as (G, dim // G) groups, where G is the number of B/C groups (VMamba's K directions; 1 for
+ungrouped B/C), so that a step's B and C broadcast over their group's channels instead of being copied per channel.
 """
 
 from __future__ import annotations
@@ -19,16 +24,24 @@ SOFTPLUS_THRESHOLD = 20.0
 
 
 @script(onnxscript.values.Opset(DOMAIN, 1), default_opset=op)
-def scan_recurrence(h0: FLOAT[...], dA: FLOAT[...], dBu: FLOAT[...], C: FLOAT[...]) -> tuple[FLOAT[...], FLOAT[...]]:
-    """Time-major (L, batch, dim, N) inputs -> the last state (batch, dim, N) and y (L, batch, dim)."""
+def scan_recurrence(
+    h0: FLOAT[...], A: FLOAT[...], delta: FLOAT[...], delta_u: FLOAT[...], B: FLOAT[...], C: FLOAT[...]
+) -> tuple[FLOAT[...], FLOAT[...]]:
+    """h_t = exp(delta_t * A) * h_{t-1} + delta_u_t * B_t, y_t = sum_N h_t * C_t.
+
+    h0 (batch, G, D, N); A (G, D, N); time-major scan inputs: delta and delta_u (L, batch, G, D, 1), B and C
+    (L, batch, G, 1, N). Returns the last state and y (L, batch, G, D).
+    """
 
     @graph()
-    def step(h: FLOAT[...], dA_t: FLOAT[...], dBu_t: FLOAT[...], C_t: FLOAT[...]):
-        h_next = op.Add(op.Mul(dA_t, h), dBu_t)
+    def step(
+        h: FLOAT[...], A_: FLOAT[...], delta_t: FLOAT[...], delta_u_t: FLOAT[...], B_t: FLOAT[...], C_t: FLOAT[...]
+    ):
+        h_next = op.Add(op.Mul(op.Exp(op.Mul(delta_t, A_)), h), op.Mul(delta_u_t, B_t))
         y_t = op.ReduceSum(op.Mul(h_next, C_t), op.Constant(value_ints=[-1]), keepdims=0)
-        return h_next, y_t
+        return h_next, op.Identity(A_), y_t  # A rides along as a state: the body sees only its own inputs
 
-    h_last, ys = op.Scan(h0, dA, dBu, C, body=step, num_scan_inputs=3)
+    h_last, _, ys = op.Scan(h0, A, delta, delta_u, B, C, body=step, num_scan_inputs=4)
     return h_last, ys
 
 
@@ -40,22 +53,21 @@ def _static_dims(tensor: Any) -> list[int]:
     return dims
 
 
-def _per_channel(x: Any, groups: int, dim: int, state: int) -> Any:
-    """(L, batch, G, N) -> (L, batch, dim, N) where channel d reads group d // (dim // G); G = 1 stays broadcast."""
-    if groups == 1:
-        return x
-    x = op.Unsqueeze(x, op.Constant(value_ints=[3]))  # (L, batch, G, 1, N)
-    x = op.Expand(x, op.Constant(value_ints=[1, 1, 1, dim // groups, 1]))
-    return op.Reshape(x, op.Constant(value_ints=[0, 0, dim, state]))
+def _groups(B: Any) -> int:
+    """B/C are (batch, N, L) (one group) or (batch, G, N, L)."""
+    return _static_dims(B)[1] if len(B.shape) == 4 else 1
 
 
-def _time_major_bc(x: Any, dim: int, state: int) -> Any:
-    """B or C, (batch, N, L) or (batch, G, N, L) -> (L, batch, dim or 1, N)."""
-    dims = _static_dims(x) if len(x.shape) == 4 else None
-    groups = 1 if dims is None else dims[1]
-    if dims is None:
-        x = op.Unsqueeze(x, op.Constant(value_ints=[1]))
-    return _per_channel(op.Transpose(x, perm=[3, 0, 1, 2]), groups, dim, state)
+def _time_major_channels(x: Any, groups: int, dim: int) -> Any:
+    """(batch, dim, L) -> (L, batch, G, dim // G, 1)."""
+    x = op.Transpose(x, perm=[2, 0, 1])
+    return op.Reshape(x, op.Constant(value_ints=[0, 0, groups, dim // groups, 1]))
+
+
+def _time_major_bc(x: Any, groups: int, state: int) -> Any:
+    """B or C, (batch, N, L) or (batch, G, N, L) -> (L, batch, G, 1, N)."""
+    x = op.Transpose(x, perm=[2, 0, 1] if groups == 1 and len(x.shape) == 3 else [3, 0, 1, 2])
+    return op.Reshape(x, op.Constant(value_ints=[0, 0, groups, 1, state]))
 
 
 def selective_scan_onnx(
@@ -73,26 +85,33 @@ def selective_scan_onnx(
 ) -> tuple[Any, Any]:
     """The ONNX graph of ``torch.ops.mambaout.selective_scan``: (out (batch, dim, L), last state (batch, dim, N))."""
     dim, state = _static_dims(A)
+    groups = _groups(B)
+    if dim % groups:
+        raise ValueError(f"the selective scan's {dim} channels do not split into {groups} B/C groups")
     dt = op.Cast(delta, to=onnxscript.ir.DataType.FLOAT)
     if delta_bias is not None:
         dt = op.Add(dt, op.Unsqueeze(delta_bias, op.Constant(value_ints=[1])))
     if delta_softplus:
         dt = op.Where(op.Greater(dt, op.Constant(value_float=SOFTPLUS_THRESHOLD)), dt, op.Softplus(dt))
-    to_time_major = [2, 0, 1]  # (batch, dim, L) -> (L, batch, dim)
-    dt_t = op.Unsqueeze(op.Transpose(dt, perm=to_time_major), op.Constant(value_ints=[3]))  # (L, batch, dim, 1)
-    u_t = op.Unsqueeze(op.Transpose(u, perm=to_time_major), op.Constant(value_ints=[3]))
-    dA = op.Exp(op.Mul(dt_t, A))  # (L, batch, dim, N)
-    dBu = op.Mul(op.Mul(dt_t, u_t), _time_major_bc(B, dim, state))
-    Cs = _time_major_bc(C, dim, state)
+    grouped_A = op.Reshape(A, op.Constant(value_ints=[groups, dim // groups, state]))
+    batch = op.Shape(u, start=0, end=1)
+    h0_shape = op.Concat(batch, op.Constant(value_ints=[groups, dim // groups, state]), axis=0)
     zero = onnxscript.ir.tensor([0.0], dtype=onnxscript.ir.DataType.FLOAT)
-    h0 = op.ConstantOfShape(op.Shape(dA, start=1), value=zero)
-    h_last, ys = scan_recurrence(h0, dA, dBu, Cs)
-    y = op.Transpose(ys, perm=[1, 2, 0])  # (batch, dim, L)
+    h0 = op.ConstantOfShape(h0_shape, value=zero)
+    h_last, ys = scan_recurrence(
+        h0,
+        grouped_A,
+        _time_major_channels(dt, groups, dim),
+        _time_major_channels(op.Mul(dt, u), groups, dim),
+        _time_major_bc(B, groups, state),
+        _time_major_bc(C, groups, state),
+    )
+    y = op.Transpose(op.Reshape(ys, op.Constant(value_ints=[0, 0, dim])), perm=[1, 2, 0])  # (batch, dim, L)
     if D is not None:
         y = op.Add(y, op.Mul(op.Unsqueeze(D, op.Constant(value_ints=[1])), u))
     if z is not None:
         y = op.Mul(y, op.Mul(z, op.Sigmoid(z)))
-    return y, h_last
+    return y, op.Reshape(h_last, op.Constant(value_ints=[0, dim, state]))
 
 
 def translation_table() -> dict:
