@@ -249,6 +249,8 @@ def main() -> None:
     parser.add_argument("--agreement-images", type=int, default=32)
     parser.add_argument("--out", default="benchmark_results")
     args = parser.parse_args()
+    if args.cap_isa and os.environ.get("MAMBAOUT_BENCH_ISA_CAP") != args.cap_isa:
+        parser.error("write the cap as two words, --cap-isa avx2: it must be read before torch loads")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

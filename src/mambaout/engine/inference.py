@@ -30,10 +30,10 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 PRECISION_CHOICES = ("auto", *PRECISIONS)
 # Relative agreement a fold must keep with the unfolded model on the probe input (fp32 rounding is ~1e-6).
 FOLD_RTOL = 1e-4
-# Images per forward call on the CPU fast path for conv networks. Their stride-4 activations for 16 images at 224
-# (MambaOut-Femto's fc1 output: 42 MB) are past glibc's largest mmap threshold (32 MiB), so every call maps fresh
-# pages and the kernel zeroes them; at 8 they come from the heap and stay warm in cache. Measured with
-# benchmarks/deploy_cpu.py: MambaOut-T +30% (bf16, AMX), MambaOut-Femto +7% (bf16) and +20% (fp32, AVX2); token
+# Images per forward call for channels-last (conv) networks on the CPU. Their stride-4 activations for 16 images at
+# 224 (MambaOut-Femto's fc1 output: 42 MB) are past glibc's largest mmap threshold (32 MiB), so every call maps fresh
+# pages and the kernel zeroes them; at 8 they come from the heap and stay warm in cache. Batch 16 in 8s against whole,
+# side by side: MambaOut-T +30% (bf16, AMX), MambaOut-Femto +7% (bf16) and +20% (fp32, torch held to AVX2); token
 # models (Vim) gain nothing, so they keep whole batches.
 CPU_MICRO_BATCH = 8
 

@@ -66,7 +66,7 @@ def _time_major_channels(x: Any, groups: int, dim: int) -> Any:
 
 def _time_major_bc(x: Any, groups: int, state: int) -> Any:
     """B or C, (batch, N, L) or (batch, G, N, L) -> (L, batch, G, 1, N)."""
-    x = op.Transpose(x, perm=[2, 0, 1] if groups == 1 and len(x.shape) == 3 else [3, 0, 1, 2])
+    x = op.Transpose(x, perm=[2, 0, 1] if len(x.shape) == 3 else [3, 0, 1, 2])
     return op.Reshape(x, op.Constant(value_ints=[0, 0, groups, 1, state]))
 
 
