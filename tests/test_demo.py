@@ -20,6 +20,7 @@ from mambaout.apps.demo import (
     CHECKPOINT_PREFIX,
     DemoError,
     ModelPool,
+    cached_png,
     check_host,
     classify,
     launch_demo,
@@ -208,6 +209,22 @@ def test_browser_upload_error_and_recovery(assets, server, tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "demo.png").stat().st_size > 10_000
+
+
+def test_a_shown_image_is_written_once_by_rename_and_never_rewritten_under_a_reader(tmp_path):
+    # gradio's cache rewrote the same-content file in place per request: a concurrent download read 0 bytes
+    image = Image.fromarray(np.arange(48 * 48 * 3, dtype=np.uint8).reshape(48, 48, 3))
+    path = Path(cached_png(image, tmp_path))
+    assert path.parent.parent == tmp_path and list(path.parent.iterdir()) == [path]  # no temporary file left
+    assert np.array_equal(np.asarray(Image.open(path)), np.asarray(image))
+    before = path.stat()
+    with open(path, "rb") as reader:  # a download in progress
+        assert cached_png(image.copy(), tmp_path) == str(path)
+        assert reader.read() == path.read_bytes() and len(path.read_bytes()) == before.st_size
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    other = Image.fromarray(np.zeros((48, 48, 3), dtype=np.uint8))
+    assert cached_png(other, tmp_path) != str(path) and cached_png(None, tmp_path) is None
 
 
 def test_concurrent_requests_are_all_answered(assets, server):

@@ -18,7 +18,7 @@ from mambaout.checkpoints import CheckpointError
 from mambaout.cli import main
 from mambaout.data.synthetic import write_dataset
 from mambaout.engine import train as train_module
-from mambaout.engine.checkpointing import find_resume_checkpoint, load_training_checkpoint
+from mambaout.engine.checkpointing import CheckpointKeeper, find_resume_checkpoint, load_training_checkpoint
 from mambaout.engine.train import train
 from mambaout.engine.train_config import ConfigError, TrainConfig, read_config_file
 from mambaout.errors import TrainingDivergedError
@@ -118,6 +118,33 @@ def test_sigkill_at_a_random_step_then_resume_ends_with_the_uninterrupted_weight
             assert torch.equal(tensor, again[key][name]), f"{key}.{name} differs after resume"
     summary = list(csv.DictReader((killed_out / "run" / "summary.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in summary] == list(range(6))
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs, not even `except Exception` clauses."""
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_kill_next_to_the_checkpoint_write_loses_no_summary_row(shapes, tmp_path, monkeypatch, when):
+    config = dict(data_dir=str(shapes), output=str(tmp_path), experiment="run", epochs=3, max_steps_per_epoch=1,
+                  **QUICK)  # fmt: skip
+    save = CheckpointKeeper.save
+
+    def killed_at_epoch_1(self, state, epoch, is_best):
+        if epoch == 1 and when == "before":
+            raise _Killed
+        path = save(self, state, epoch, is_best)
+        if epoch == 1:
+            raise _Killed
+        return path
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CheckpointKeeper, "save", killed_at_epoch_1)
+        with pytest.raises(_Killed):
+            train(TrainConfig(**config))
+    train(TrainConfig(resume="auto", **config))
+    summary = list(csv.DictReader((tmp_path / "run" / "summary.csv").read_text().splitlines()))
+    assert [int(r["epoch"]) for r in summary] == [0, 1, 2]
 
 
 def test_resume_auto_never_picks_a_damaged_checkpoint(shapes, tmp_path):

@@ -13,6 +13,8 @@ cannot be loaded is reported in the page's status line and the server keeps serv
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 import threading
@@ -26,7 +28,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..checkpoints import CheckpointError, read_checkpoint
+from ..checkpoints import CheckpointError, atomic_write, read_checkpoint
 from ..data.images import ImageReadError, open_rgb
 from ..engine.inference import InferenceModel, prepare_for_inference
 from ..engine.predict import class_names, eval_transform
@@ -215,6 +217,22 @@ def classify(pool: ModelPool, key: str, path: str | os.PathLike | None) -> DemoR
     return DemoResult(label, _display(crop), _display(overlay(crop, heat)), status)
 
 
+def cached_png(image: Image.Image | None, cache_dir: str | os.PathLike) -> str | None:
+    """The image as a PNG in `cache_dir`, named by its content and written once, by rename.
+
+    gradio's own cache of returned images rewrites the file in place on every request that produces the same image,
+    so two users classifying the same picture at once could download a truncated file. A file gradio already finds
+    in its cache is served as it is."""
+    if image is None:
+        return None
+    data = io.BytesIO()
+    image.save(data, format="PNG")
+    path = Path(cache_dir) / "mambaout" / f"{hashlib.sha256(data.getvalue()).hexdigest()}.png"
+    if not path.exists():
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data.getvalue()))
+    return str(path)
+
+
 def example_images(folder: str | os.PathLike | None, per_class: int = 1, limit: int = 10) -> list[str]:
     """A few images from a class-folder split (folder/<class>/<image>), one per class first."""
     if folder is None or not Path(folder).is_dir():
@@ -232,7 +250,8 @@ def build_demo(pool: ModelPool, default_key: str, examples: Sequence[str] = ()):
 
     def run(key: str, path: str | None):
         result = classify(pool, key, path)
-        return result.label, result.crop, result.explanation, result.status
+        cache = crop.GRADIO_CACHE
+        return result.label, cached_png(result.crop, cache), cached_png(result.explanation, cache), result.status
 
     keys = list(pool.choices)
     registry = [name for name in list_models() if not name.endswith("_test")]
@@ -254,8 +273,9 @@ def build_demo(pool: ModelPool, default_key: str, examples: Sequence[str] = ()):
                 status = gr.Textbox(label="status", interactive=False, elem_id="status")
                 label = gr.Label(num_top_classes=TOPK, label="top classes", elem_id="prediction")
                 with gr.Row():
-                    crop = gr.Image(label="what the model saw (preprocessed crop)", type="pil", interactive=False)
-                    explanation = gr.Image(label="gradient saliency of the top class", type="pil", interactive=False)
+                    crop = gr.Image(label="what the model saw (preprocessed crop)", type="filepath", interactive=False)
+                    explanation = gr.Image(label="gradient saliency of the top class", type="filepath",
+                                           interactive=False)  # fmt: skip
         outputs = [label, crop, explanation, status]
         button.click(run, [picker, upload], outputs, api_name="classify", concurrency_limit=CONCURRENCY)
         upload.upload(run, [picker, upload], outputs, api_name=False, concurrency_limit=CONCURRENCY)

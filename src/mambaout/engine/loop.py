@@ -210,8 +210,10 @@ def _fit(task: Task, env: distributed.Distributed) -> FitResult:
                 "best": best,
                 "args": config.to_dict(),
             }
-            last_checkpoint = keeper.save(state, epoch, is_best)
+            # the row first: a kill between the two leaves a row the resume drops and rewrites, never a checkpoint
+            # whose epoch the summary lacks
             run_log.epoch(row)
+            last_checkpoint = keeper.save(state, epoch, is_best)
             if len(skip_log):
                 skip_log.write(out / "skipped.txt")
             shown = "" if final is None else ", ".join(f"{k} {v:.4g}" for k, v in final.items()) + ", "
