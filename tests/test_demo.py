@@ -227,6 +227,23 @@ def test_a_shown_image_is_written_once_by_rename_and_never_rewritten_under_a_rea
     assert cached_png(other, tmp_path) != str(path) and cached_png(None, tmp_path) is None
 
 
+def test_shown_images_beyond_the_limit_are_removed_oldest_first_once_old_enough(tmp_path, monkeypatch):
+    import os
+
+    from mambaout.apps import demo
+
+    monkeypatch.setattr(demo, "SHOWN_IMAGES_KEPT", 3)
+    paths = [Path(cached_png(Image.new("RGB", (8, 8), (i, 0, 0)), tmp_path)) for i in range(3)]
+    for age, path in zip((3000, 2000, 100), paths):  # the first two are old, the third was just fetched
+        os.utime(path, (path.stat().st_atime, path.stat().st_mtime - age))
+    newest = Path(cached_png(Image.new("RGB", (8, 8), (9, 0, 0)), tmp_path))
+    assert sorted(p.name for p in newest.parent.glob("*.png")) == sorted(p.name for p in [*paths[1:], newest])
+    for i in (10, 11):  # over the limit, but nothing else is old enough to go
+        cached_png(Image.new("RGB", (8, 8), (i, 0, 0)), tmp_path)
+    assert not paths[0].exists() and not paths[1].exists() and paths[2].exists() and newest.exists()
+    assert len(list(newest.parent.glob("*.png"))) == 4
+
+
 def test_concurrent_requests_are_all_answered(assets, server):
     from gradio_client import Client, handle_file
 

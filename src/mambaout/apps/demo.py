@@ -18,6 +18,7 @@ import io
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ QUEUE_SIZE = 32  # requests waiting beyond this are refused with "queue full" ra
 CONCURRENCY = 2  # predictions running at once (the CPU's cores are shared between them)
 CACHED_MODELS = 3  # loaded models kept for switching back without reloading
 DISPLAY_SIZE = 224  # the crop and saliency are shown at least this large (nearest-neighbour for small inputs)
+SHOWN_IMAGES_KEPT = 512  # crops and saliency maps kept on disk for pages to fetch; older ones are removed
+SHOWN_IMAGE_MIN_AGE_S = 600  # never remove an image younger than this: a page may not have fetched it yet
 
 
 class DemoError(ValueError):
@@ -230,7 +233,24 @@ def cached_png(image: Image.Image | None, cache_dir: str | os.PathLike) -> str |
     path = Path(cache_dir) / "mambaout" / f"{hashlib.sha256(data.getvalue()).hexdigest()}.png"
     if not path.exists():
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(data.getvalue()))
+        _prune_shown_images(path.parent)
     return str(path)
+
+
+def _prune_shown_images(folder: Path) -> None:
+    """Bound the disk a long-running demo uses: beyond SHOWN_IMAGES_KEPT, remove the oldest that are old enough."""
+    images = []
+    for file in folder.glob("*.png"):
+        try:
+            images.append((file.stat().st_mtime, file))
+        except FileNotFoundError:  # removed by a concurrent request
+            continue
+    if len(images) <= SHOWN_IMAGES_KEPT:
+        return
+    oldest_kept = time.time() - SHOWN_IMAGE_MIN_AGE_S
+    for modified, file in sorted(images)[: len(images) - SHOWN_IMAGES_KEPT]:
+        if modified < oldest_kept:
+            file.unlink(missing_ok=True)
 
 
 def example_images(folder: str | os.PathLike | None, per_class: int = 1, limit: int = 10) -> list[str]:
