@@ -2,13 +2,13 @@
 
 Backends, per model: PyTorch fp32 eager; our fast path (`prepare_for_inference(fast=True)`: bf16 autocast where the
 CPU has bf16 units, folded norms, channels-last and micro-batches for conv networks, torch.compile with frozen
-weights); ONNX Runtime CPU (all graph optimizations) on the file `mambaout export` writes; ONNX Runtime with int8
-dynamic quantization of the MatMul / Gemm weights. For models timm also has (MambaOut), timm's configurations: fp32
-eager, fp32 torch.compile, fp32 torch.compile max-autotune, and bf16 autocast + compile where the CPU has bf16 units;
-"timm best" is the fastest of them at each batch among those that agree with fp32 eager. Top-1 agreement with fp32
-eager is measured on generated images at every batch size (compiled code is specialised per shape, and can be wrong
-at one and right at another); a configuration below AGREEMENT_FLOOR at a batch is not a candidate for "timm best"
-there.
+weights) and the same without torch.compile (what `predict` and the demo run by default); ONNX Runtime CPU (all
+graph optimizations) on the file `mambaout export` writes; ONNX Runtime with int8 dynamic quantization of the
+MatMul / Gemm weights. For models timm also has (MambaOut), timm's configurations: fp32 eager, fp32 torch.compile,
+fp32 torch.compile max-autotune, and bf16 autocast + compile where the CPU has bf16 units; "timm best" is the
+fastest of them at each batch among those that agree with fp32 eager. Top-1 agreement with fp32 eager is measured
+on generated images at every batch size (compiled code is specialised per shape, and can be wrong at one and right
+at another); a configuration below AGREEMENT_FLOOR at a batch is not a candidate for "timm best" there.
 
 Models run one after another (each one's backends interleaved, then freed), so memory holds one model's backends.
 
@@ -107,36 +107,76 @@ def quantized(path: Path) -> Path:
     return out
 
 
-def timm_runners(name: str, model: torch.nn.Module) -> dict[str, Runner]:
-    """timm's configurations of the same weights (our MambaOut layout is timm's), where timm has the model."""
+TIMM_COMPILED = {  # key: (torch.compile mode, bf16 autocast)
+    "timm_fp32_compile": (None, False),
+    "timm_fp32_compile_max_autotune": ("max-autotune-no-cudagraphs", False),
+    "timm_bf16_autocast_compile": (None, True),
+}
+
+
+def timm_compiled(reference: torch.nn.Module, key: str) -> Runner:
+    mode, bf16 = TIMM_COMPILED[key]
+    return torch_runner(torch.compile(copy.deepcopy(reference), mode=mode), autocast_bf16=bf16)
+
+
+def crash_in_child(name: str, key: str, batch_sizes: list[int]) -> str | None:
+    """Run one compiled timm configuration in a child process first, at every batch size: inductor's code can crash
+    the process (max-autotune's GEMM template segfaulted at batch 1 on a Xeon with AMX), which would lose every
+    result. None if it ran, else how it ended; the child's compilations stay in inductor's cache for the real run."""
+    command = [sys.executable, __file__, "--probe", name, key, "--batches", *map(str, batch_sizes)]
+    code = subprocess.run(command, capture_output=True).returncode
+    if code == 0:
+        return None
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+
+def timm_runners(name: str, model: torch.nn.Module, batch_sizes: list[int]) -> tuple[dict[str, Runner], dict]:
+    """timm's configurations of the same weights (our MambaOut layout is timm's), where timm has the model, and the
+    compiled ones that crashed in a child process (left out)."""
     import timm
 
     if name not in timm.list_models(name):
-        return {}
+        return {}, {}
     reference = timm.create_model(name, pretrained=False).eval()
     reference.load_state_dict(model.state_dict())
-    runners = {
-        "timm_fp32_eager": torch_runner(reference),
-        "timm_fp32_compile": torch_runner(torch.compile(reference)),
-        "timm_fp32_compile_max_autotune": torch_runner(
-            torch.compile(copy.deepcopy(reference), mode="max-autotune-no-cudagraphs")
-        ),
-    }
-    if cpu_supports_bf16():  # elsewhere bf16 is emulated: 15x slower than fp32, as the issue measured
-        runners["timm_bf16_autocast_compile"] = torch_runner(torch.compile(reference), autocast_bf16=True)
-    return runners
+    runners, crashed = {"timm_fp32_eager": torch_runner(reference)}, {}
+    for key, (_, bf16) in TIMM_COMPILED.items():
+        if bf16 and not cpu_supports_bf16():  # emulated bf16 is 15x slower than fp32, as the issue measured
+            continue
+        failure = crash_in_child(name, key, batch_sizes)
+        if failure is None:
+            runners[key] = timm_compiled(reference, key)
+        else:
+            crashed[key] = failure
+    return runners, crashed
 
 
-def backends(name: str, work: Path, with_onnx: bool) -> dict[str, Runner]:
+def probe(name: str, key: str, batch_sizes: list[int]) -> None:
+    """The child of `crash_in_child`: compile and call, twice per batch size."""
+    import timm
+
+    run = timm_compiled(timm.create_model(name, pretrained=False).eval(), key)
+    for b in batch_sizes:
+        for _ in range(2):
+            run(np.zeros((b, 3, 224, 224), dtype=np.float32))
+
+
+def backends(name: str, work: Path, with_onnx: bool, batch_sizes: list[int]) -> tuple[dict[str, Runner], dict]:
     model = create_model(name).eval()
-    runners = {REFERENCE: torch_runner(model), "ours_fast_path": torch_runner(prepare_for_inference(model, fast=True))}
+    runners = {
+        REFERENCE: torch_runner(model),
+        # what `predict` and the demo run unless told to compile
+        "ours_fast_path_no_compile": torch_runner(prepare_for_inference(model, fast=True, compile=False)),
+        "ours_fast_path": torch_runner(prepare_for_inference(model, fast=True)),
+    }
     if with_onnx:
         onnx_path = work / f"{name}.onnx"
         export_model(model, "onnx", onnx_path, (224, 224), dynamic_batch=True)
         runners["onnxruntime_fp32"] = ort_runner(onnx_path)
         runners["onnxruntime_int8_dynamic"] = ort_runner(quantized(onnx_path))
-    runners.update(timm_runners(name, model))
-    return runners
+    timm_rows, crashed = timm_runners(name, model, batch_sizes)
+    runners.update(timm_rows)
+    return runners, crashed
 
 
 def top1_agreement(reference: Runner, other: Runner, images: np.ndarray, batch: int) -> float:
@@ -154,7 +194,8 @@ def images_per_second(run: Runner, batch: np.ndarray, iterations: int) -> float:
 
 def measure_model(name: str, args: argparse.Namespace, batches: dict[int, np.ndarray], agreement: np.ndarray) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        runners = backends(name, Path(tmp), with_onnx=not os.environ.get("MAMBAOUT_BENCH_ISA_CAP"))
+        with_onnx = not os.environ.get("MAMBAOUT_BENCH_ISA_CAP")
+        runners, crashed = backends(name, Path(tmp), with_onnx, list(batches))
         for run in tqdm(runners.values(), desc=f"{name}: warm-up (compiles)", disable=None):
             for batch in batches.values():
                 run(batch)
@@ -166,6 +207,7 @@ def measure_model(name: str, args: argparse.Namespace, batches: dict[int, np.nda
                 if backend != REFERENCE
             },
             "images_per_second": {},
+            "crashed": crashed,
         }
         samples: dict[tuple[str, int], list[float]] = {}
         for _ in tqdm(range(args.repeats), desc=f"{name}: interleaved rounds", disable=None):
@@ -238,7 +280,7 @@ def plot(results: dict, path: Path) -> None:
             speeds = results["models"][name]["images_per_second"]
             labels = list(speeds)
             ax.barh(labels, [speeds[b][key]["median"] for b in labels],
-                    color=["tab:orange" if b == "ours_fast_path" else "tab:blue" for b in labels])  # fmt: skip
+                    color=["tab:orange" if b.startswith("ours_") else "tab:blue" for b in labels])  # fmt: skip
             ax.set_title(f"{name}, {key.replace('_', ' ')}")
             ax.set_xlabel("images/s (median)")
             ax.tick_params(axis="y", labelsize=7)
@@ -259,7 +301,11 @@ def main() -> None:
     parser.add_argument("--demo-requests", type=int, default=0, help="also time the demo's HTTP API")
     parser.add_argument("--agreement-images", type=int, default=32)
     parser.add_argument("--out", default="benchmark_results")
+    parser.add_argument("--probe", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.probe:
+        probe(*args.probe, args.batches)
+        return
     if args.cap_isa and os.environ.get("MAMBAOUT_BENCH_ISA_CAP") != args.cap_isa:
         parser.error("write the cap as two words, --cap-isa avx2: it must be read before torch loads")
 
@@ -293,6 +339,8 @@ def main() -> None:
             agree = entry["top1_agreement_vs_fp32"].get(backend, {})
             agreements = ", ".join(f"{v:.3f}" for v in agree.values())
             print(f"{name:<16} {backend:<32} {speeds}" + (f"  top-1 agreement {agreements}" if agree else ""))
+        for backend, failure in entry["crashed"].items():
+            print(f"{name:<16} {backend:<32} crashed ({failure}): left out")
         for key, best in entry.get("ours_fast_path_vs_timm_best", {}).items():
             left_out = best["left_out_for_disagreement"]
             note = f" ({', '.join(left_out)} left out: wrong top-1)" if left_out else ""

@@ -24,6 +24,7 @@ from mambaout.apps.demo import (
     check_host,
     classify,
     launch_demo,
+    predict_with_saliency,
     resolve_choices,
 )
 from mambaout.cli import main
@@ -242,6 +243,32 @@ def test_shown_images_beyond_the_limit_are_removed_oldest_first_once_old_enough(
         cached_png(Image.new("RGB", (8, 8), (i, 0, 0)), tmp_path)
     assert not paths[0].exists() and not paths[1].exists() and paths[2].exists() and newest.exists()
     assert len(list(newest.parent.glob("*.png"))) == 4
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_saliency_is_the_input_gradient_of_the_top_logit_of_the_served_pass(assets, precision):
+    import torch
+
+    from mambaout.engine.inference import prepare_for_inference
+
+    model = assets["model"].eval()
+    fast = prepare_for_inference(model, fast=True, compile=False, precision=precision, input_size=(SIZE, SIZE))
+    assert fast.folded_norms and fast.channels_last  # the pass the demo serves, not the plain model
+    tensor = torch.randn(3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    probs, heat = predict_with_saliency(fast, tensor)
+
+    x = tensor.unsqueeze(0).requires_grad_(True)
+    logits = model(x)[0]  # the oracle: the eager fp32 model, differentiated for the class the served pass picked
+    (grad,) = torch.autograd.grad(logits[int(probs.argmax())], x)
+    expected = grad[0].abs().sum(0)
+    expected = (expected / expected.max()).numpy()
+    assert heat.shape == (SIZE, SIZE) and heat.max() == pytest.approx(1.0)
+    if precision == "fp32":  # folding and channels-last are exact up to rounding
+        torch.testing.assert_close(probs, logits.detach().softmax(-1), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(heat, expected, atol=1e-4)
+    else:  # bf16 keeps 8 bits of mantissa: the same map, to within its rounding
+        assert np.corrcoef(heat.ravel(), expected.ravel())[0, 1] > 0.95
+        torch.testing.assert_close(probs, logits.detach().softmax(-1), rtol=0, atol=0.02)
 
 
 def test_concurrent_requests_are_all_answered(assets, server):

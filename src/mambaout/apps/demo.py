@@ -70,8 +70,7 @@ class ModelChoice:
 
 @dataclass
 class LoadedModel:
-    model: nn.Module  # eager, fp32: the saliency's gradients
-    fast: InferenceModel  # the prediction path
+    fast: InferenceModel  # predictions and saliency; the eager model is not kept (half the memory)
     transform: object
     names: list[str]
     input_size: tuple[int, int]
@@ -122,14 +121,19 @@ def crop_image(tensor: torch.Tensor, model: nn.Module) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def saliency(model: nn.Module, tensor: torch.Tensor, target: int) -> np.ndarray:
-    """|d logit[target] / d input| summed over colour channels, scaled to [0, 1]: an (H, W) map."""
-    x = tensor.unsqueeze(0).detach().requires_grad_(True)
-    with torch.enable_grad():
-        logit = model(x)[0, target]
-        (grad,) = torch.autograd.grad(logit, x)
-    heat = grad[0].abs().sum(0)
-    return (heat / heat.max().clamp_min(1e-12)).numpy()
+def predict_with_saliency(fast: InferenceModel, tensor: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+    """Class probabilities of one (3, H, W) input and the saliency of the top class, |d logit / d input| summed over
+    colour channels and scaled to [0, 1], from one forward and one backward pass of the fast model (its precision,
+    memory format and folded norms), so the map explains the very pass that gave the label."""
+    x = tensor.unsqueeze(0)
+    if fast.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    with torch.enable_grad(), fast.precision_context():
+        logits = fast.model(x)[0].float()
+        (grad,) = torch.autograd.grad(logits.max(), x)
+    heat = grad[0].float().abs().sum(0)
+    return logits.detach().softmax(-1), (heat / heat.max().clamp_min(1e-12)).numpy()
 
 
 def overlay(crop: Image.Image, heat: np.ndarray) -> Image.Image:
@@ -183,7 +187,7 @@ class ModelPool:
         size = size or tuple(model.pretrained_cfg["input_size"][-2:])
         # the fast path without torch.compile: a demo serves single images from several threads
         fast = prepare_for_inference(model, fast=True, compile=False, input_size=size)
-        return LoadedModel(model, fast, eval_transform(model, size), class_names(model), size)
+        return LoadedModel(fast, eval_transform(model, size), class_names(model), size)
 
 
 @dataclass(frozen=True)
@@ -209,11 +213,10 @@ def classify(pool: ModelPool, key: str, path: str | os.PathLike | None) -> DemoR
     except ImageReadError as error:
         return DemoResult(None, None, None, f"Error: {Path(error.path).name}: {error.reason}")
     tensor = loaded.transform(image)
-    probs = loaded.fast(tensor.unsqueeze(0))[0].softmax(-1)
+    probs, heat = predict_with_saliency(loaded.fast, tensor)
     values, indices = probs.topk(min(TOPK, len(loaded.names)))
     label = {loaded.names[i]: float(v) for v, i in zip(values.tolist(), indices.tolist())}
-    crop = crop_image(tensor, loaded.model)
-    heat = saliency(loaded.model, tensor, int(indices[0]))
+    crop = crop_image(tensor, loaded.fast)
     top = loaded.names[int(indices[0])]
     seen = f"{image.width}x{image.height} image seen as a {crop.width}x{crop.height} crop"
     status = f"{top} ({float(values[0]):.1%}), {seen}"

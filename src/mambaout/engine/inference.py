@@ -263,7 +263,8 @@ class InferenceModel(nn.Module):
                 raise
             return getattr(self.model, name)
 
-    def _autocast(self):
+    def precision_context(self):
+        """Autocast at this model's precision (nothing for fp32), for callers that run `model` themselves."""
         if self.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=PRECISIONS[self.precision])
@@ -273,7 +274,7 @@ class InferenceModel(nn.Module):
             return torch.cat([self(chunk) for chunk in x.split(self.micro_batch)])
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.precision_context():
             if self.compiled is None:
                 return self.model(x).float()
             try:
