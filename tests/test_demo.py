@@ -3,6 +3,7 @@ uploads, unknown models and checkpoints that do not fit."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -229,8 +230,6 @@ def test_a_shown_image_is_written_once_by_rename_and_never_rewritten_under_a_rea
 
 
 def test_shown_images_beyond_the_limit_are_removed_oldest_first_once_old_enough(tmp_path, monkeypatch):
-    import os
-
     from mambaout.apps import demo
 
     monkeypatch.setattr(demo, "SHOWN_IMAGES_KEPT", 3)

@@ -125,10 +125,7 @@ def predict_with_saliency(fast: InferenceModel, tensor: torch.Tensor) -> tuple[t
     """Class probabilities of one (3, H, W) input and the saliency of the top class, |d logit / d input| summed over
     colour channels and scaled to [0, 1], from one forward and one backward pass of the fast model (its precision,
     memory format and folded norms), so the map explains the very pass that gave the label."""
-    x = tensor.unsqueeze(0)
-    if fast.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    x.requires_grad_(True)
+    x = fast.as_input(tensor.unsqueeze(0)).requires_grad_(True)
     with torch.enable_grad(), fast.precision_context():
         logits = fast.model(x)[0].float()
         (grad,) = torch.autograd.grad(logits.max(), x)

@@ -269,11 +269,16 @@ class InferenceModel(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=PRECISIONS[self.precision])
 
+    def as_input(self, x: Tensor) -> Tensor:
+        """`x` in the memory format the wrapped model runs in, for callers that run `model` themselves."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
     def forward(self, x: Tensor) -> Tensor:
         if self.micro_batch and x.dim() > 1 and x.shape[0] > self.micro_batch:
             return torch.cat([self(chunk) for chunk in x.split(self.micro_batch)])
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.as_input(x)
         with torch.no_grad(), self.precision_context():
             if self.compiled is None:
                 return self.model(x).float()
