@@ -16,9 +16,10 @@ from timm.layers import LayerNorm2d
 
 import mambaout
 from mambaout.checkpoints import CheckpointMismatchError
-from mambaout.dense.backbone import DENSE_DROP_PATH, DenseBackbone, create_backbone, dense_drop_path_rate
+from mambaout.dense.backbone import DenseBackbone, create_backbone, dense_drop_path_rate
 from mambaout.dense.simple_pyramid import SimpleFeaturePyramid
 from mambaout.factory import is_plain
+from mambaout.recipes import DenseSettings
 from test_checkpoints import official_key
 from test_vim import _official_state_dict as vim_official
 from test_vmamba import to_official as vmamba_official
@@ -221,11 +222,10 @@ def test_bad_out_indices_are_refused(out_indices):
         create_backbone("vim_test" if -1 in out_indices else "mambaout_test", out_indices=out_indices)
 
 
-def test_dense_drop_path_table_names_registered_models_and_reaches_the_model():
-    registered = set(mambaout.list_models())
-    assert set(DENSE_DROP_PATH) <= registered
-    assert registered - set(DENSE_DROP_PATH) == set(TEST_MODELS) | {"deit_test_causal"}  # every real model has one
-    assert all(0.0 <= rate < 1.0 for rate in DENSE_DROP_PATH.values())
+def test_every_real_model_declares_its_dense_drop_path_and_it_reaches_the_model():
+    without = {name for name in mambaout.list_models() if mambaout.get_model_spec(name).dense == DenseSettings()}
+    assert without == set(TEST_MODELS) | {"deit_test_causal"}  # every real model has one, with its source
+    assert all(0.0 <= mambaout.get_model_spec(name).dense.drop_path < 1.0 for name in mambaout.list_models())
     assert dense_drop_path_rate("mambaout_tiny") == 0.3 and dense_drop_path_rate("vmamba2_base_s2l5") == 0.6
     assert dense_drop_path_rate("mambaout_test") == 0.1
     backbone = create_backbone("mambaout_test", drop_path_rate=0.3)

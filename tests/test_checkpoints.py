@@ -34,9 +34,9 @@ from mambaout.checkpoints import (
     load_weights,
     read_checkpoint,
     read_metadata,
-    to_our_layout,
     unwrap,
 )
+from mambaout.checkpoints.layouts import convert_mambaout
 from mambaout.registry import get_model_spec
 
 TEST = "mambaout_test"
@@ -202,7 +202,7 @@ def test_official_mambaout_layout_loads_exactly(tmp_path, femto, wrap):
 
 def test_official_layout_conversion_is_exact(femto):
     sd, official, _ = femto
-    converted = to_our_layout(official, "mambaout")
+    converted = convert_mambaout(official)
     assert converted.keys() == sd.keys()
     assert all(converted[k] is official[official_key(k)] for k in sd)
 
@@ -210,7 +210,7 @@ def test_official_layout_conversion_is_exact(femto):
 def test_our_layout_passes_through_unchanged(femto):
     # head.norm exists in both layouts with different meanings: our files must not be renamed.
     sd = femto[0]
-    assert to_our_layout(sd, "mambaout") == sd
+    assert convert_mambaout(sd) == sd
 
 
 # --- 3. mismatches ------------------------------------------------------------------------------------------

@@ -89,7 +89,9 @@ def test_recipe_defaults_are_the_papers_mask_rcnn_1x():
     assert (list(config.lr_steps), config.lr_decay, config.warmup_iters, config.warmup_ratio) == ([8, 11], 0.1, 1000,
                                                                                                     0.001)
     assert (list(config.img_scale), config.hflip, config.eval_metric) == ([1333, 800], 0.5, "bbox_mAP")
-    assert config.resolved_drop_path("mambaout_tiny") == 0.3 and config.resolved_drop_path("mambaout_base") == 0.6
+    assert config.resolved_drop_path() == 0.3  # mambaout_tiny's dense setting
+    assert DetectionConfig(data_dir="x", backbone="mambaout_base").resolved_drop_path() == 0.6
+    assert DetectionConfig(data_dir="x", drop_path=0.05).resolved_drop_path() == 0.05
 
 
 def test_schedule_is_mmcvs_step_with_linear_warmup():

@@ -7,7 +7,7 @@ import torch
 import mambaout
 from conftest import reference
 from mambaout.analysis.flops import count_macs, model_flops
-from mambaout.checkpoints import to_our_layout
+from mambaout.checkpoints.layouts import convert_mambaout
 
 OFFICIAL = ["mambaout_femto", "mambaout_kobe", "mambaout_tiny", "mambaout_small", "mambaout_base"]
 TIMM_ONLY = [
@@ -39,7 +39,7 @@ def test_parameter_count_equals_official(name):
 def test_official_key_listing_converts_to_exactly_our_keys_and_shapes(name):
     listing = reference("official_state_dicts.json")["models"][name]["keys"]
     official = {key: torch.empty(shape, device="meta") for key, shape, _ in listing}
-    converted = to_our_layout(official, "mambaout")
+    converted = convert_mambaout(official)
     ours = _meta_model(name).state_dict()
     assert len(converted) == len(official)  # no two official keys collapse into one
     assert sorted(converted) == sorted(ours)

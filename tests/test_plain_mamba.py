@@ -10,7 +10,6 @@ import torch.nn.functional as F
 import mambaout
 from conftest import reference
 from mambaout.analysis.flops import model_flops
-from mambaout.checkpoints.layouts import CONVERTERS
 from mambaout.models.plain_mamba import zigzag_orders
 from mambaout.registry import get_model_spec
 
@@ -26,12 +25,12 @@ def _meta_model(name, **kwargs):
 def test_param_count_and_official_listing_convert_exactly_to_our_keys(name):
     ref = reference("official_state_dicts.json")["models"][name]
     official = {key: torch.empty(shape, device="meta") for key, shape, _ in ref["keys"]}
-    converted = CONVERTERS["plainmamba"](official)
+    converted = mambaout.get_model_spec(name).converter(official)
     model = _meta_model(name)
     ours = model.state_dict()
     assert [(k, tuple(v.shape)) for k, v in converted.items()] == [(k, tuple(v.shape)) for k, v in ours.items()]
     assert sum(p.numel() for p in model.parameters()) == ref["params_total"] == PARAMS[name]
-    assert CONVERTERS["plainmamba"](ours) is ours
+    assert mambaout.get_model_spec(name).converter(ours) is ours
 
 
 @pytest.mark.parametrize("name", PARAMS)

@@ -82,7 +82,7 @@ def test_recipe_defaults_are_the_papers():
     assert config.base_batch_size == 16 and config.resolved_lr(1) == 1e-4  # batch 16 on one process
     assert (config.crop_size, list(config.img_scale), list(config.ratio_range)) == (512, [2048, 512], [0.5, 2.0])
     assert (config.cat_max_ratio, config.flip_prob, config.eval_stride, config.aux_weight) == (0.75, 0.5, 341, 0.4)
-    assert config.resolved_drop_path("mambaout_tiny") == 0.3 and config.eval_metric == "mIoU"
+    assert config.resolved_drop_path() == 0.3 and config.eval_metric == "mIoU"
 
 
 def test_poly_schedule_with_warmup_is_mmcvs():

@@ -90,7 +90,7 @@ def test_history_is_bounded(shapes, tmp_path):
 def test_sigkill_at_a_random_step_then_resume_ends_with_the_uninterrupted_weights(shapes, tmp_path):
     # the official augmentation (RandAugment, mixup/cutmix, random erasing, drop path) and EMA stay on: their random
     # states must be restored too
-    options = dict(QUICK, no_aug=False, smoothing=0.1, drop_path=0.1, model_ema=True, model_ema_decay=0.9)
+    options = dict(QUICK, no_aug=False, smoothing=0.1, drop_path=0.1, model_ema_decay=0.9)
     options.update(epochs=6, max_steps_per_epoch=4, deterministic=True, experiment="run")
     command = [console_script(), "train", str(shapes), *_flags(options)]
     subprocess.run([*command, "--output", str(tmp_path / "whole")], check=True, capture_output=True)

@@ -86,6 +86,26 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from .recipes import show
+
+    if any(c in args.pattern for c in "*?["):
+        rows = show.table_rows(args.pattern)
+        if not rows:
+            print(f"no model matches {args.pattern!r}", file=sys.stderr)
+            return 1
+        print(json.dumps(rows, indent=2) if args.json else show.format_table(rows))
+        return 0
+    chosen, note = show.resolve(args.pattern)
+    if args.json:
+        print(show.as_json(chosen))
+    elif args.yaml:
+        print(show.as_yaml(chosen, note), end="")
+    else:
+        print(show.as_text(chosen, note))
+    return 0
+
+
 def cmd_flops(args: argparse.Namespace) -> int:
     if args.transformer:
         if args.model or args.dim is None or args.tokens is None:
@@ -179,7 +199,8 @@ def _add_train_arguments(p: argparse.ArgumentParser, config_class: type, config_
             continue
         flags = [*short.get(f.name, []), "--" + f.name.replace("_", "-")]
         kind = str(f.type).replace(" | None", "")
-        help_text = f"{f.metadata['help']} (default: {f.default})"
+        default = "the recipe's" if f.metadata.get("from_recipe") else f.default
+        help_text = f"{f.metadata['help']} (default: {default})"
         if kind == "bool":  # --x / --no-x, except for options that are negative already (--no-aug)
             action = "store_true" if f.name.startswith("no_") else argparse.BooleanOptionalAction
             p.add_argument(*flags, dest=f.name, action=action, default=f.default, help=f.metadata["help"])
@@ -443,6 +464,15 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
+    p = sub.add_parser("recipes", help="each model's official training recipe, with a source per value")
+    p.add_argument("pattern", nargs="?", default="*",
+                   help="a model or recipe name (the whole recipe) or a shell-style pattern (a table)")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="JSON: train's option names, global_batch_size, sources")
+    shown.add_argument("--yaml", action="store_true",
+                       help="a YAML file `train --config` reads, one value a line with its source as comment")
+    p.set_defaults(func=cmd_recipes)
+
     p = sub.add_parser("flops", help="params and MACs per stage, counted with torch's FlopCounterMode")
     p.add_argument("model", nargs="?")
     p.add_argument("--transformer", action="store_true", help="Eq. 6 of the paper for one Transformer block")
@@ -474,7 +504,7 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("train", help="train on a folder dataset with the official recipe (torchrun for DDP)")
+    p = sub.add_parser("train", help="train on a folder dataset with the model's official recipe (torchrun for DDP)")
     _add_train_arguments(p, TrainConfig, config_defaults.get("train"))
     p.set_defaults(func=cmd_train)
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from .checkpoints import (
     CheckpointError,
+    CheckpointMismatchError,
     Weights,
     fetch_pretrained,
     load_weights,
@@ -37,8 +38,9 @@ def create_model(
     """Build a registered model; load release weights (`pretrained`) or a file of any known layout (`checkpoint`).
 
     With weights and no `num_classes`, the classifier takes the checkpoint's size; with a different
-    `num_classes`, the backbone is loaded and a new classifier initialised. `use_ema=None` takes a training
-    file's EMA weights only for release files whose published accuracy is the EMA model's (cfg `use_ema`).
+    `num_classes`, the backbone is loaded and a new classifier initialised. `use_ema=None` takes the EMA weights
+    of release files whose published accuracy is the EMA model's (cfg `use_ema`) and of training checkpoints whose
+    recipe releases the EMA (`release_weights: ema`); else the plain weights.
 
     `features_only=True` returns timm's feature extractor (`FeatureGetterNet` over `forward_intermediates`): its
     forward gives a list of NCHW maps, one per `out_indices` entry (indices into `feature_info`: stages of the
@@ -62,7 +64,12 @@ def create_model(
         raise TypeError(f"{name}: {e}") from e
 
     if weights is not None:
-        load_weights(model, weights, cfg["classifier"])
+        try:
+            load_weights(model, weights, cfg["classifier"])
+        except CheckpointMismatchError as e:  # a file of another model of the family: say whose it is
+            if weights.model_name in (None, name):
+                raise
+            raise CheckpointMismatchError(f"saved from {weights.model_name}, not {name}: {e}") from e
     cfg["num_classes"] = num_classes
     if weights is not None and weights.class_names and len(weights.class_names) == num_classes:
         cfg["label_names"] = list(weights.class_names)
@@ -87,16 +94,24 @@ def read_requested_weights(
     """The weights `create_model` would load for `name` (release file or `checkpoint`), in our layout; or None."""
     spec = get_model_spec(name)
     cfg = spec.pretrained_cfg
-    if use_ema is None:  # release weights: the EMA copy where that is what the published accuracy measured
-        use_ema = bool(pretrained and checkpoint is None and cfg.get("use_ema"))
     weights: Weights | None = None
-    if checkpoint is not None:
-        weights = read_weights(checkpoint, spec.family, use_ema=use_ema)
-    elif pretrained:
-        weights = read_weights(fetch_pretrained(name, cfg), spec.family, use_ema=use_ema)
-    if weights is not None and weights.model_name not in (None, name):
+    if checkpoint is not None:  # use_ema None: the weights a training checkpoint names as its release weights
+        weights = read_weights(checkpoint, spec.converter, use_ema=use_ema)
+    elif pretrained:  # release files: the EMA copy where that is what the published accuracy measured
+        use_ema = bool(cfg.get("use_ema")) if use_ema is None else use_ema
+        weights = read_weights(fetch_pretrained(name, cfg), spec.converter, use_ema=use_ema)
+    # another model of the same family may be a fine-tuning start (vim_tiny -> vim_tiny_plus): the strict load
+    # decides (and names both models if it does not fit); a file of another family is refused here, by name
+    if weights is not None and weights.model_name not in (None, name) and not _same_family(weights.model_name, name):
         raise CheckpointError(f"checkpoint {weights.source!r} was saved from {weights.model_name}, not {name}")
     return weights
+
+
+def _same_family(saved_from: str, name: str) -> bool:
+    try:
+        return get_model_spec(saved_from).family == get_model_spec(name).family
+    except KeyError:  # a model this version does not register
+        return False
 
 
 def is_plain(model: nn.Module) -> bool:

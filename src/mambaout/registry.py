@@ -1,6 +1,9 @@
-"""Model registry: name -> builder, pretrained config and published metadata.
+"""Model registry: name -> everything known about a model, declared by its family in one place.
 
-Model files register their variant tables here at import; nothing here imports a model.
+A model's builder, pretrained config, published numbers, checkpoint converter, training recipe and dense
+fine-tuning settings live in its `ModelSpec`. Model files register their variant tables here at import; the engine,
+the dense tasks and the checkpoint loader read a model's facts from here and never name a family. Nothing here
+imports a model.
 """
 
 from __future__ import annotations
@@ -12,6 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
+
+from .recipes import DenseSettings, Fallback, Recipe, get_recipe, register_recipe
+
+StateDict = dict[str, Any]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,13 +34,24 @@ class Published:
     source: str = ""
 
 
+def keep_layout(state_dict: StateDict) -> StateDict:
+    """The converter of families whose official files already have our layout (inside wrappers `unwrap` opens)."""
+    return state_dict
+
+
 @dataclass(frozen=True)
 class ModelSpec:
+    """A registered model. `recipe` is its official training recipe, or the `Fallback` it trains with instead;
+    `converter` maps the official checkpoint layout to ours (and leaves ours as it is)."""
+
     name: str
     family: str
     builder: Callable[..., nn.Module]
     pretrained_cfg: dict[str, Any]
+    recipe: Recipe | Fallback
     published: Published = field(default_factory=Published)
+    converter: Callable[[StateDict], StateDict] = keep_layout
+    dense: DenseSettings = field(default_factory=DenseSettings)
 
 
 class UnknownModelError(KeyError):
@@ -88,8 +106,18 @@ def pretrained_cfg(
 def register_model(spec: ModelSpec) -> ModelSpec:
     if spec.name in _REGISTRY:
         raise ValueError(f"model {spec.name!r} is registered twice")
+    if isinstance(spec.recipe, Recipe):
+        register_recipe(spec.recipe)
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def recipe_for(name: str) -> tuple[Recipe, Fallback | None]:
+    """The recipe `name` trains with by default, and the Fallback that explains it when it is not its own."""
+    spec = get_model_spec(name)
+    if isinstance(spec.recipe, Recipe):
+        return spec.recipe, None
+    return get_recipe(spec.recipe.recipe), spec.recipe
 
 
 def list_models(pattern: str = "*") -> list[str]:

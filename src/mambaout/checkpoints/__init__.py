@@ -2,11 +2,10 @@
 
 from .download import PretrainedUnavailableError, cache_dir, fetch_pretrained
 from .files import CheckpointError, atomic_write, read_checkpoint, read_metadata, write_safetensors
-from .layouts import CONVERTERS, to_our_layout, unwrap
+from .layouts import unwrap
 from .loading import CheckpointMismatchError, Weights, check_fits, load_weights, read_weights, save_weights
 
 __all__ = [
-    "CONVERTERS",
     "CheckpointError",
     "CheckpointMismatchError",
     "PretrainedUnavailableError",
@@ -20,7 +19,6 @@ __all__ = [
     "read_metadata",
     "read_weights",
     "save_weights",
-    "to_our_layout",
     "unwrap",
     "write_safetensors",
 ]

@@ -1,21 +1,18 @@
 """From whatever a checkpoint file holds to a state_dict in our layout.
 
 Two steps: `unwrap` finds the weights inside training wrappers ({'model': ...}, EMA copies, DataParallel
-and torch.compile prefixes); a per-family converter detects an official layout and renames its keys.
+and torch.compile prefixes); the model's converter (its `ModelSpec.converter`: the functions here and in the
+*_layout modules) detects an official layout and renames its keys.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from .files import CheckpointError
-from .local_mamba_layout import convert_local_vmamba
-from .plain_mamba_layout import convert_plain_mamba
-from .vmamba_layout import convert_vmamba
 
 StateDict = dict[str, torch.Tensor]
 
@@ -84,19 +81,3 @@ def convert_vim(state_dict: StateDict) -> StateDict:
         key = re.sub(r"^norm_f\.", "norm.", key)
         out[key] = value
     return out
-
-
-CONVERTERS: dict[str, Callable[[StateDict], StateDict]] = {
-    "mambaout": convert_mambaout,
-    "vim": convert_vim,
-    # DeiT's release files are timm's layout under {'model': ...}, which `unwrap` already opens.
-    "vit": lambda state_dict: state_dict,
-    "vmamba": convert_vmamba,
-    "local_vim": convert_vim,  # laid out as Vim: layers.I.* and norm_f.*
-    "local_vmamba": convert_local_vmamba,
-    "plainmamba": convert_plain_mamba,
-}
-
-
-def to_our_layout(state_dict: StateDict, family: str) -> StateDict:
-    return CONVERTERS[family](state_dict)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from .files import CheckpointError, read_checkpoint, write_safetensors
-from .layouts import StateDict, to_our_layout, unwrap
+from .layouts import StateDict, unwrap
 
 log = logging.getLogger("mambaout")
 
@@ -37,9 +38,16 @@ class CheckpointMismatchError(CheckpointError):
     pass
 
 
-def read_weights(path: str | os.PathLike, family: str, use_ema: bool = False) -> Weights:
+def read_weights(
+    path: str | os.PathLike, converter: Callable[[StateDict], StateDict], use_ema: bool | None = False
+) -> Weights:
+    """The weights of a file in our layout (`converter`: the model's, from its ModelSpec). `use_ema=None` takes what
+    a training checkpoint names as its release weights (`release_weights`: 'model_ema' for recipes whose reported
+    model is the EMA), else the plain weights."""
     obj, metadata = read_checkpoint(path)
-    state_dict = to_our_layout(unwrap(obj, use_ema=use_ema), family)
+    if use_ema is None:
+        use_ema = obj.get("release_weights") == "model_ema"
+    state_dict = converter(unwrap(obj, use_ema=use_ema))
     class_names = json.loads(metadata["class_names"]) if "class_names" in metadata else None
     if class_names is None and isinstance(obj.get("class_names"), list):
         class_names = obj["class_names"]
@@ -50,10 +58,23 @@ def read_weights(path: str | os.PathLike, family: str, use_ema: bool = False) ->
 
 
 def load_weights(model: nn.Module, weights: Weights, classifier: str) -> None:
-    """Load strictly; a classifier of another size is left freshly initialised (and said so)."""
+    """Load strictly; a classifier of another size is left freshly initialised (and said so).
+
+    A model with a `resample_checkpoint(state_dict) -> (state_dict, {key: (old grid, new grid)})` method (the token
+    models: position tables on a patch grid) first resamples the checkpoint's tables to its own grid (and says so).
+    """
     theirs, ours = weights.num_classes(classifier), getattr(model, "num_classes", None)
     replace_head = theirs is not None and theirs != ours
     state_dict, expected = dict(weights.state_dict), model.state_dict()
+    resample = getattr(model, "resample_checkpoint", None)
+    if callable(resample):
+        state_dict, resampled = resample(state_dict)
+        if resampled:
+            log.info(
+                "%s: resampled to the model's grid: %s",
+                weights.source,
+                ", ".join(f"{key} {old[0]}x{old[1]} -> {new[0]}x{new[1]}" for key, (old, new) in resampled.items()),
+            )
     if replace_head:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(classifier + ".")}
         expected = {k: v for k, v in expected.items() if not k.startswith(classifier + ".")}

@@ -24,70 +24,16 @@ from torch import nn
 
 from ..checkpoints import Weights, check_fits
 from ..factory import create_model, is_plain, read_requested_weights
+from ..registry import get_model_spec
 from .simple_pyramid import SimpleFeaturePyramid
 
 log = logging.getLogger("mambaout")
 
 PYRAMID_STRIDES = (4, 8, 16, 32)  # what the simple feature pyramid's four levels give a plain model
 
-# Stochastic depth for dense fine-tuning (Mask R-CNN / UperNet), by backbone.
-#  MambaOut: issue 12's recipe (MambaOut's detection code was never released); timm's `_rw` variants as the
-#    official model of their size.
-#  VMamba v0: its detection configs (MzeroMiko/VMamba detection/configs/vssm/) set none and inherit 0.2 from
-#    mmdet's Swin-T Mask R-CNN config.
-#  VMamba v2 (s2l5): detection/configs/vssm1/mask_rcnn_vssm_fpn_coco_{tiny,small,base}.py: 0.2, 0.3, 0.6.
-#  VMamba v2v (s1l8/s1l20): no configs of their own; the v2 sizes' values.
-#  LocalVMamba: hunto/LocalMamba detection/configs/local_mamba/mask_rcnn_local_vssm_{tiny,small}_fpn_coco.py set
-#    none and inherit 0.2 from mmdet's Swin-T config; LocalVim: its ViTDet configs (vitdet_cascade_mask-rcnn_*): 0.1.
-#  PlainMamba: downstream/mmdetection/plain_mamba_det_configs/maskrcnn/l{1,2,3}_maskrcnn_1x.py: 0.1, 0.2, 0.3 (with
-#    a ViT-Adapter there; here the simple feature pyramid).
-#  Other plain models (DeiT, Vim): 0.1, as LocalVim's and ViTDet-style fine-tuning of small plain models use.
-DENSE_DROP_PATH: dict[str, float] = {
-    "mambaout_femto": 0.1,
-    "mambaout_kobe": 0.1,
-    "mambaout_tiny": 0.3,
-    "mambaout_small": 0.4,
-    "mambaout_base": 0.6,
-    "mambaout_small_rw": 0.4,
-    "mambaout_base_short_rw": 0.6,
-    "mambaout_base_tall_rw": 0.6,
-    "mambaout_base_wide_rw": 0.6,
-    "mambaout_base_plus_rw": 0.6,
-    "vmamba_tiny": 0.2,
-    "vmamba_small": 0.2,
-    "vmamba_base": 0.2,
-    "vmamba2_tiny_s2l5": 0.2,
-    "vmamba2_small_s2l5": 0.3,
-    "vmamba2_base_s2l5": 0.6,
-    "vmamba2_tiny": 0.2,
-    "vmamba2_small": 0.3,
-    "vmamba2_base": 0.6,
-    "deit_tiny": 0.1,
-    "deit_small": 0.1,
-    "deit_base": 0.1,
-    "deit_tiny_causal": 0.1,
-    "deit_small_causal": 0.1,
-    "deit_base_causal": 0.1,
-    "vim_tiny": 0.1,
-    "vim_small": 0.1,
-    "vim_base": 0.1,
-    "vim_tiny_plus": 0.1,
-    "vim_small_plus": 0.1,
-    "local_vmamba_tiny": 0.2,
-    "local_vmamba_small": 0.2,
-    "local_vim_tiny": 0.1,
-    "local_vim_tiny_middle_cls_token": 0.1,
-    "local_vim_small": 0.1,
-    "plainmamba_l1": 0.1,
-    "plainmamba_l2": 0.2,
-    "plainmamba_l3": 0.3,
-}
-DEFAULT_DENSE_DROP_PATH = 0.1
-
-
 def dense_drop_path_rate(name: str) -> float:
-    """The drop path rate for fine-tuning `name` on a dense task (DENSE_DROP_PATH, else 0.1)."""
-    return DENSE_DROP_PATH.get(name, DEFAULT_DENSE_DROP_PATH)
+    """The drop path rate for fine-tuning `name` on a dense task: its registration's `dense` settings."""
+    return get_model_spec(name).dense.drop_path
 
 
 def _ceil_div(size: int, stride: int) -> int:

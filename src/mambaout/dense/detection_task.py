@@ -29,9 +29,9 @@ from ..data.folder import split_skipped
 from ..engine import distributed
 from ..engine.loop import FitResult, fit
 from ..engine.task import Batch, Metric, Task, TaskParts
-from ..engine.train_config import ConfigError, EngineConfig, option
-from .backbone import DEFAULT_DENSE_DROP_PATH, DENSE_DROP_PATH
+from ..engine.train_config import ConfigError, option
 from .detection import create_detector, load_detector
+from .train_config import DenseTrainConfig
 
 if TYPE_CHECKING:
     from .coco_eval import DetectionEvaluation
@@ -43,16 +43,12 @@ log = logging.getLogger("mambaout")
 
 
 @dataclass
-class DetectionConfig(EngineConfig):
+class DetectionConfig(DenseTrainConfig):
     """Mask R-CNN + FPN on a registered backbone, with the paper's COCO recipe (mmdetection's Mask R-CNN 1x)."""
 
-    base_batch_size: ClassVar[int] = 16
-    official_drop_path: ClassVar[dict[str, float]] = DENSE_DROP_PATH
-    default_drop_path: ClassVar[float] = DEFAULT_DENSE_DROP_PATH
     eval_metrics: ClassVar[tuple[str, ...]] = ("bbox_mAP", "segm_mAP", "bbox_mAP_50", "segm_mAP_50")
 
     data_dir: str = option("", "dataset root in COCO's layout: annotations/instances_<split>.json, images in <split>/")
-    backbone: str = option("mambaout_tiny", "registered model name used as the backbone (`mambaout models`)")
     initial_checkpoint: str | None = option(None, "classification weights for the backbone (any layout it reads)")
     train_split: str | None = option(None, "training split (default: train2017, else train)")
     val_split: str | None = option(None, "validation split (default: val2017, else val; '' to skip validation)")
@@ -77,7 +73,6 @@ class DetectionConfig(EngineConfig):
     # recipe values of the shared options
     batch_size: int = option(2, "images per process (global batch = batch-size x grad-accum-steps x processes)")
     val_batch_size: int | None = option(2, "validation images per process and batch")
-    lr_base: float = option(1e-4, "learning rate at a global batch of 16")
     weight_decay: float = option(0.05, "weight decay (not on norms, biases and position embeddings)")
     output: str = option("output/detect", "parent folder of the run folders")
     eval_metric: str = option("bbox_mAP", "validation metric that picks best.pth (bbox_mAP, segm_mAP, ..._50)")
@@ -153,7 +148,7 @@ class DetectionTask(Task):
             len(self.class_names),
             pretrained_backbone=config.pretrained,
             backbone_checkpoint=config.initial_checkpoint,
-            drop_path_rate=config.resolved_drop_path(config.backbone),
+            drop_path_rate=config.resolved_drop_path(),
             min_size=short_side,
             max_size=long_side,
             **config.architecture(),

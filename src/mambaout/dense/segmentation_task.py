@@ -35,25 +35,21 @@ from ..data.segmentation import (
 from ..engine import distributed
 from ..engine.loop import FitResult, fit
 from ..engine.task import Batch, IterationSampler, Metric, Task, TaskParts
-from ..engine.train_config import ConfigError, EngineConfig, option
-from .backbone import DEFAULT_DENSE_DROP_PATH, DENSE_DROP_PATH
+from ..engine.train_config import ConfigError, option
 from .seg_metrics import SegmentationMetrics
 from .segmentation import MULTI_SCALE_RATIOS, InferenceSettings, evaluate_segmentation, load_segmenter
+from .train_config import DenseTrainConfig
 from .upernet import convert_sync_batchnorm, create_segmenter
 
 
 @dataclass
-class SegmentationConfig(EngineConfig):
+class SegmentationConfig(DenseTrainConfig):
     """UperNet on a registered backbone, with the paper's ADE20K recipe (mmseg's UperNet 160k) as defaults."""
 
-    base_batch_size: ClassVar[int] = 16
-    official_drop_path: ClassVar[dict[str, float]] = DENSE_DROP_PATH
-    default_drop_path: ClassVar[float] = DEFAULT_DENSE_DROP_PATH
     eval_metrics: ClassVar[tuple[str, ...]] = ("mIoU", "mAcc", "aAcc")
 
     data_dir: str = option("", "dataset root: ADE20K's layout (images/, annotations/) or the generic one "
                                "(classes.txt, <split>/images, <split>/labels)")  # fmt: skip
-    backbone: str = option("mambaout_tiny", "registered model name used as the backbone (`mambaout models`)")
     train_split: str | None = option(None, "training split (default: training for ADE20K, train for generic)")
     val_split: str | None = option(None, "validation split (default: validation / val; '' to skip validation)")
     reduce_zero_label: bool | None = option(
@@ -86,7 +82,6 @@ class SegmentationConfig(EngineConfig):
     # recipe values of the shared options
     batch_size: int = option(16, "batch per process (global batch = batch-size x grad-accum-steps x processes)")
     val_batch_size: int | None = option(1, "validation images per loader batch (each is segmented on its own)")
-    lr_base: float = option(1e-4, "learning rate at a global batch of 16")
     weight_decay: float = option(0.01, "weight decay (not on norms, biases and position embeddings)")
     output: str = option("output/segment", "parent folder of the run folders")
     eval_metric: str = option("mIoU", "validation metric that picks best.pth (mIoU, mAcc or aAcc)")
@@ -161,7 +156,7 @@ class SegmentationTask(Task):
             len(self.class_names),
             pretrained=config.pretrained,
             checkpoint=config.initial_checkpoint,
-            drop_path_rate=config.resolved_drop_path(config.backbone),
+            drop_path_rate=config.resolved_drop_path(),
             channels=config.channels,
             aux_channels=config.aux_channels,
             dropout=config.dropout,

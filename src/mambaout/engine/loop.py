@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from timm.utils import ModelEmaV3, random_seed
+from timm.utils import ModelEmaV3, dispatch_clip_grad, random_seed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -40,7 +40,7 @@ from .checkpointing import (
     load_training_checkpoint,
     restore_rng,
 )
-from .inference import PRECISIONS
+from .inference import PRECISIONS, cpu_supports_bf16
 from .run_log import RunLog
 from .task import Batch, Task, TaskParts
 from .train_config import ConfigError
@@ -96,8 +96,9 @@ def _fit(task: Task, env: distributed.Distributed) -> FitResult:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     if steps_per_epoch == 0:
         raise ConfigError(
-            f"{len(parts.train_set)} training samples make no full step of {config.global_batch_size(env.world_size)} "
-            "(batch-size x grad-accum-steps x processes): lower --batch-size"
+            f"{len(parts.train_set)} training samples make no full step of "
+            f"{config.actual_global_batch(env.world_size)} (batch-size x grad-accum-steps x processes): lower "
+            "--batch-size"
         )
 
     model = parts.model.to(env.device)
@@ -108,9 +109,10 @@ def _fit(task: Task, env: distributed.Distributed) -> FitResult:
     lr = config.resolved_lr(env.world_size)
     optimizer = task.optimizer(model, lr)
     scheduler, total_epochs = task.schedule(optimizer, steps_per_epoch)
-    amp_dtype = PRECISIONS[config.amp] if config.amp else None
-    scaler = torch.amp.GradScaler(env.device.type) if config.amp == "fp16" else None
-    ema = ModelEmaV3(model, decay=config.model_ema_decay) if config.model_ema else None
+    amp = training_precision(config.amp, env.device)
+    amp_dtype = PRECISIONS[amp] if amp else None
+    scaler = torch.amp.GradScaler(env.device.type) if amp == "fp16" else None
+    ema = ModelEmaV3(model, decay=config.model_ema_decay) if config.model_ema_decay else None
 
     # ---- output folder and resume
     out = Path(config.output) / (config.experiment or task.experiment_name())
@@ -124,7 +126,8 @@ def _fit(task: Task, env: distributed.Distributed) -> FitResult:
             scaler.load_state_dict(state["scaler"])
         if ema is not None:
             if state.get("model_ema") is None:
-                raise ConfigError(f"{resume_path} was trained without --model-ema; its EMA cannot be resumed")
+                raise ConfigError(f"{resume_path} was trained without an EMA (--model-ema-decay); its EMA cannot be "
+                                  "resumed")
             ema.module.load_state_dict(state["model_ema"])
         rng = state["rng"]
         if len(rng) == env.world_size:
@@ -141,8 +144,8 @@ def _fit(task: Task, env: distributed.Distributed) -> FitResult:
     keeper = CheckpointKeeper(out, config.checkpoint_hist)
     run_log = RunLog(out, resumed_epoch=start_epoch - 1 if state is not None else None) if env.is_main else None
     if run_log is not None:
-        run_log.write_args({**config.to_dict(), "task": type(task).__name__, "world_size": env.world_size,
-                            "lr_used": lr})  # fmt: skip
+        run_log.write_args({**config.to_dict(), **config.run_info(), "task": type(task).__name__,
+                            "world_size": env.world_size, "lr_used": lr, "amp_used": amp or "fp32"})
 
     train_model: nn.Module = model
     if config.compile:
@@ -160,8 +163,13 @@ def _fit(task: Task, env: distributed.Distributed) -> FitResult:
             "%s: %d processes x batch %d x %d accumulation = global batch %d, lr %.3g, %d epochs of %d steps, "
             "output %s",
             task.describe(parts), env.world_size, config.batch_size, config.grad_accum_steps,
-            config.global_batch_size(env.world_size), lr, total_epochs, steps_per_epoch, out,
+            config.actual_global_batch(env.world_size), lr, total_epochs, steps_per_epoch, out,
         )  # fmt: skip
+        for line in config.notes(env.world_size):
+            log.info("%s", line)
+        if amp != config.amp:
+            log.info("--amp %s on %s runs as %s (%s)", config.amp, env.device.type, amp or "fp32",
+                     "this CPU computes bf16 natively" if amp else "this CPU has no native bf16")
 
     # ---- epochs
     final: dict[str, float] | None = None
@@ -184,10 +192,11 @@ def _fit(task: Task, env: distributed.Distributed) -> FitResult:
             final = task.evaluate(model, val_loader, env, amp_dtype, progress)
             row.update(final)
             metric = final[task.metric.key]
-            if ema is not None:  # as the official script: the EMA picks best
+            if ema is not None and config.model_ema_eval:
                 ema_metrics = task.evaluate(ema.module, val_loader, env, amp_dtype, progress)
                 row.update({f"ema_{key}": value for key, value in ema_metrics.items()})
-                metric = ema_metrics[task.metric.key]
+                if config.best_by == "ema":  # the recipe's choice: whose metric picks best.pth
+                    metric = ema_metrics[task.metric.key]
         scheduler.step(epoch + 1, metric)
         row.update({f"train_{task.unit}_per_second": units / seconds, "train_skipped": len(skip_log),
                     "seconds": seconds})  # fmt: skip
@@ -203,6 +212,8 @@ def _fit(task: Task, env: distributed.Distributed) -> FitResult:
                 "epoch": epoch,
                 "model": model.state_dict(),
                 "model_ema": None if ema is None else ema.module.state_dict(),
+                # what create_model / predict / validate load from this file by default: the recipe's reported model
+                "release_weights": "model_ema" if config.release_weights == "ema" else "model",
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": None if scaler is None else scaler.state_dict(),
@@ -278,7 +289,7 @@ def _train_one_epoch(
         if step.scaler is not None:
             step.scaler.unscale_(optimizer)
         if config.clip_grad is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+            dispatch_clip_grad(model.parameters(), config.clip_grad, mode=config.clip_mode)
         if step.scaler is not None:
             step.scaler.step(optimizer)
             step.scaler.update()
@@ -357,6 +368,14 @@ def _find_resume(config: Any, env: distributed.Distributed, out: Path) -> tuple[
             return None, None
         return Path(path), found[1] if env.is_main else load_training_checkpoint(path)
     return Path(config.resume), load_training_checkpoint(config.resume)
+
+
+def training_precision(amp: str | None, device: torch.device) -> str | None:
+    """The autocast dtype a recipe's --amp runs as: fp16 needs a GPU; on a CPU it runs as bf16 where the CPU computes
+    bf16 natively (AVX512-BF16, AMX) and as fp32 elsewhere, where bf16 autocast is slower than fp32."""
+    if device.type != "cpu" or amp != "fp16":
+        return amp
+    return "bf16" if cpu_supports_bf16() else None
 
 
 def _mean_lr(optimizer: torch.optim.Optimizer) -> float:

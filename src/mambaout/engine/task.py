@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from ..data.folder import Skipped
 from .distributed import Distributed
+from .weight_decay import param_groups
 
 
 @dataclass
@@ -125,11 +126,12 @@ class Task(ABC):
         return None
 
     def optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-        """timm's optimizer: no weight decay on 1-D parameters (norms, biases) and `model.no_weight_decay()` names."""
+        """timm's optimizer over the decay / no-decay groups of the recipe's official rule (`--no-weight-decay`)."""
         c = self.config
         options = {k: v for k, v in (("betas", c.opt_betas), ("eps", c.opt_eps)) if v is not None}
-        return create_optimizer_v2(model, opt=c.opt, lr=lr, weight_decay=c.weight_decay, momentum=c.momentum,
-                                   **options)  # fmt: skip
+        groups = param_groups(model, c.weight_decay, c.no_weight_decay)
+        return create_optimizer_v2(groups, opt=c.opt, lr=lr, weight_decay=c.weight_decay, momentum=c.momentum,
+                                   **options)
 
     def describe(self, parts: TaskParts) -> str:
         """One log line about the task (model and data) for the start of training."""

@@ -1,5 +1,5 @@
 """Image classification as a task of the one training engine (`engine.loop`): folder data, timm's transforms,
-Mixup/CutMix and losses, top-1/top-5 validation, the official MambaOut ImageNet recipe (`TrainConfig`)."""
+Mixup/CutMix and losses, top-1/top-5 validation, each model's official recipe (`TrainConfig`, `mambaout.recipes`)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,20 @@ from typing import Any
 
 import torch
 from timm.data import Mixup, create_transform, resolve_data_config
+from timm.data.distributed_sampler import RepeatAugSampler
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.scheduler import create_scheduler_v2
 from torch import nn
+from torch.utils.data import Sampler
 
 from ..data.augment import harden
 from ..data.folder import FolderDataset, collate_skipping
+from ..data.local_mamba_augment import is_local_mamba_policy, local_mamba_train_transform
 from ..factory import create_model
 from . import distributed
 from .evaluate import evaluate
 from .loop import FitResult, fit
+from .schedules import StaircaseWarmupCosine
 from .task import Batch, Metric, Task, TaskParts
 from .train_config import ConfigError, TrainConfig
 
@@ -36,12 +40,13 @@ class ClassificationTask(Task):
         if num_classes < len(train_set.classes):
             raise ConfigError(f"--num-classes {num_classes} is fewer than the {len(train_set.classes)} class folders")
         model_options: dict[str, Any] = {"drop_rate": config.drop} if config.drop else {}
+        self.world_size = env.world_size
         model = create_model(
             config.model,
             pretrained=config.pretrained,
             checkpoint=config.initial_checkpoint,
             num_classes=num_classes,
-            drop_path_rate=config.resolved_drop_path(config.model),
+            drop_path_rate=config.drop_path,
             **model_options,
         )
         self.data_config = resolve_data_config(
@@ -90,18 +95,37 @@ class ClassificationTask(Task):
         return Metric(f"val_{self.config.eval_metric}", higher_is_better=self.config.eval_metric != "loss")
 
     def schedule(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+        """timm's scheduler; `epochs` counts a prefix warmup in (timm's num_epochs does not), so a recipe's 300 epochs
+        are 300 whether its warmup is a prefix (Swin/VMamba) or the schedule's start (timm, DeiT)."""
         config = self.config
+        warmup_lr, min_lr = config.resolved_min_lrs(self.world_size)
+        if config.warmup_staircase:
+            scheduler = StaircaseWarmupCosine(optimizer, epochs=config.epochs, warmup_epochs=config.warmup_epochs,
+                                              steps_per_epoch=steps_per_epoch, lr_min=min_lr,
+                                              warmup_lr_init=warmup_lr)
+            return scheduler, config.epochs + config.cooldown_epochs
         return create_scheduler_v2(
             optimizer,
             sched=config.sched,
-            num_epochs=config.epochs,
+            num_epochs=config.epochs - (config.warmup_epochs if config.warmup_prefix else 0),
             cooldown_epochs=config.cooldown_epochs,
-            min_lr=config.min_lr,
-            warmup_lr=config.warmup_lr,
+            min_lr=min_lr,
+            warmup_lr=warmup_lr,
             warmup_epochs=config.warmup_epochs,
+            warmup_prefix=config.warmup_prefix,
             step_on_epochs=not config.sched_on_updates,
             updates_per_epoch=steps_per_epoch,
         )
+
+    def train_sampler(self, dataset: Any, env: distributed.Distributed) -> Sampler:
+        """DeiT's repeated-augmentation sampler (timm's RepeatAugSampler) when the recipe repeats, else the default.
+
+        Its epoch is DeiT's: len(dataset) // 256 * 256 / processes samples per process (each drawn image appears
+        `aug_repeats` times, on different processes), the order a function of the epoch alone, as in DeiT."""
+        if not self.config.aug_repeats:
+            return super().train_sampler(dataset, env)
+        return RepeatAugSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                num_repeats=self.config.aug_repeats)
 
     def on_epoch_start(self, epoch: int) -> None:
         if self.mixup is not None and self.config.mixup_off_epoch and epoch >= self.config.mixup_off_epoch:
@@ -126,6 +150,12 @@ def _collate(samples: list) -> Batch:
 def _train_transform(config: TrainConfig, data_config: dict[str, Any]):
     if config.no_aug:
         return create_transform(**data_config)
+    if is_local_mamba_policy(config.aa):  # LocalMamba's toolbox pipeline: its own RandAugment ops, exactly
+        return local_mamba_train_transform(
+            data_config["input_size"], data_config["mean"], data_config["std"],
+            interpolation=config.train_interpolation, auto_augment=config.aa, color_jitter=config.color_jitter,
+            re_prob=config.reprob, re_mode=config.remode,
+        )
     return harden(create_transform(
         data_config["input_size"],
         is_training=True,
@@ -139,6 +169,7 @@ def _train_transform(config: TrainConfig, data_config: dict[str, Any]):
         std=data_config["std"],
         re_prob=config.reprob,
         re_mode=config.remode,
+        re_count=config.recount,
     ))
 
 
@@ -152,6 +183,7 @@ def _mixup(config: TrainConfig, num_classes: int) -> Mixup | None:
         cutmix_alpha=config.cutmix,
         prob=config.mixup_prob,
         switch_prob=config.mixup_switch_prob,
+        mode=config.mixup_mode,
         label_smoothing=config.smoothing,
         num_classes=num_classes,
     )

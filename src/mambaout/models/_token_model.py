@@ -6,6 +6,9 @@ the class token at `cls_token_index(...)` and the position embedding added) and 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 from timm.layers import trunc_normal_
 from timm.models import checkpoint_seq
@@ -17,6 +20,11 @@ from torch.utils.checkpoint import checkpoint
 # "": no pooling, every token goes through the head (timm's ViT does the same).
 GLOBAL_POOLS = ("token", "avg", "")
 OUTPUT_FMTS = ("NCHW", "NLC")
+
+# (table, new grid, old grid) -> the table on the new grid, its class-token rows kept where the model puts them
+Resample = Callable[[torch.Tensor, tuple[int, int], tuple[int, int]], torch.Tensor]
+# state_dict key -> (number of class-token rows in the table, how it is resampled)
+PositionTables = dict[str, tuple[int, Resample]]
 
 
 class TokenModel(nn.Module):
@@ -44,6 +52,37 @@ class TokenModel(nn.Module):
             self._init_head()
         else:
             self.head = nn.Identity()
+
+    def _position_tables(self) -> PositionTables:
+        """The state_dict tables laid out on the patch grid `self.grid_size` (rows on dim -2): each family's own."""
+        return {}
+
+    def resample_checkpoint(
+        self, state_dict: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[tuple[int, int], tuple[int, int]]]]:
+        """A checkpoint's position tables resampled from its (square) patch grid to the model's: the checkpoint
+        loader's hook, found by name (`mambaout.checkpoints.loading.load_weights`).
+
+        Returns the state_dict (the same tensors wherever the grid already fits) and, for each resampled key, the
+        (old grid, new grid). A table that differs in anything but its number of grid rows, or whose rows are no
+        square grid, is left as it is: the loader's strict check then names it.
+        """
+        own = self.state_dict()
+        out, resampled = dict(state_dict), {}
+        for key, (class_rows, resample) in self._position_tables().items():
+            theirs, ours = state_dict.get(key), own.get(key)
+            if theirs is None or ours is None or theirs.shape == ours.shape or theirs.ndim != ours.ndim:
+                continue
+            if theirs.shape[:-2] != ours.shape[:-2] or theirs.shape[-1] != ours.shape[-1]:
+                continue
+            side = math.isqrt(max(theirs.shape[-2] - class_rows, 0))
+            if side == 0 or side * side != theirs.shape[-2] - class_rows:
+                continue
+            old, new = (side, side), tuple(self.grid_size)
+            # float32 for the interpolation (bicubic has no half kernel on every device), back to the file's dtype
+            out[key] = resample(theirs.float(), new, old).to(theirs.dtype)
+            resampled[key] = (old, new)
+        return out, resampled
 
     def _init_head(self) -> None:
         """The Mamba token models' head init (truncated normal 0.02, zero bias), also after reset_classifier."""

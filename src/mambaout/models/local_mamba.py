@@ -33,9 +33,13 @@ from timm.layers import PatchEmbed, calculate_drop_path_rates, lecun_normal_, tr
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..checkpoints.layouts import convert_vim
+from ..checkpoints.local_mamba_layout import convert_local_vmamba
 from ..errors import check_patch_multiple
+from ..recipes import DenseSettings, Fallback
+from ..recipes.local_mamba import DENSE, RECIPES
 from ..registry import ModelSpec, Published, pretrained_cfg, register_model
-from ._token_model import GLOBAL_POOLS, TokenModel
+from ._token_model import GLOBAL_POOLS, PositionTables, TokenModel
 from .vim import Block, RMSNorm, _at_least_fp32, cls_token_index, mamba_direction, resample_mid_cls_pos_embed
 from .vmamba import VMAMBA_V0, VMamba
 
@@ -437,8 +441,12 @@ class LocalVisionMamba(GridTokenModel):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        ssm = {name for name, _ in self.named_parameters() if name.rsplit(".", 1)[-1].startswith(("A_log_", "D_"))}
-        return {"pos_embed", "cls_token"} | ssm
+        """LocalVim's names (hunto/LocalMamba@75e5d1f classification/lib/models/local_vim.py:305-306), where present.
+
+        Nothing else: the toolbox's optimizer (classification/lib/utils/optim.py:41-63) never reads Mamba's
+        `_no_weight_decay` mark, so the 2-D A_log_<k> are decayed officially; the 1-D D_<k> are exempt.
+        """
+        return {"pos_embed", "cls_token", "dist_token"} & {name for name, _ in self.named_parameters()}
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
@@ -447,6 +455,17 @@ class LocalVisionMamba(GridTokenModel):
 
     def cls_token_index(self, num_patches: int) -> int:
         return cls_token_index(num_patches)
+
+    def _position_tables(self) -> PositionTables:
+        # hunto/LocalMamba Backbone_LocalVisionMamba.load_pretrained: pos_embed and the RoPE tables resized with
+        # mmseg's resize (F.interpolate bicubic, align_corners=False, no antialias), as `resample_grid` does
+        if self.num_prefix_tokens:
+            tables = {"pos_embed": (1, partial(resample_mid_cls_pos_embed, antialias=False))}
+        else:
+            tables = {"pos_embed": (0, resample_grid)}
+        if self.rope is not None:
+            tables.update({"rope.freqs_cos": (0, resample_grid), "rope.freqs_sin": (0, resample_grid)})
+        return tables
 
     def _grid_embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         check_patch_multiple(*x.shape[-2:], self.patch_size)
@@ -621,6 +640,13 @@ def build_local_vmamba(*, d_state: int = 16, **kwargs) -> VMamba:
     return VMamba(version=replace(VMAMBA_V0, d_state=d_state), **kwargs)
 
 
+FALLBACKS = {
+    "local_vim_test": Fallback("local_vim_tiny", "a test variant: LocalVim-T's recipe"),
+    "local_vim_mid_cls_test": Fallback("local_vim_tiny", "a test variant: LocalVim-T's recipe"),
+    "local_vmamba_test": Fallback("local_vmamba_tiny", "a test variant: LocalVMamba-T's recipe"),
+}
+
+
 def _register_all() -> None:
     for name, (family, arch, published, weights) in VARIANTS.items():
         common = dict(crop_pct=0.875, interpolation="bicubic", tag="in1k")
@@ -630,7 +656,10 @@ def _register_all() -> None:
         else:
             builder = partial(build_local_vmamba, **arch)
             cfg = pretrained_cfg(first_conv="stem.conv", classifier="head.fc", feature_stride=32, **common, **weights)
-        register_model(ModelSpec(name=name, family=family, builder=builder, pretrained_cfg=cfg, published=published))
+        converter = convert_vim if family == "local_vim" else convert_local_vmamba  # LocalVim is laid out as Vim
+        register_model(ModelSpec(name=name, family=family, builder=builder, pretrained_cfg=cfg,
+                                 recipe=RECIPES.get(name) or FALLBACKS[name], published=published,
+                                 converter=converter, dense=DENSE.get(name, DenseSettings())))  # fmt: skip
 
 
 _register_all()

@@ -17,6 +17,9 @@ from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch import nn
 
+from ..checkpoints.layouts import convert_mambaout
+from ..recipes import DenseSettings, Fallback
+from ..recipes.mambaout import DENSE, RECIPES
 from ..registry import ModelSpec, Published, pretrained_cfg, register_model
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "silu": nn.SiLU}
@@ -301,7 +304,9 @@ class MambaOut(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        # Norms, biases and layer-scale gammas are 1-D and excluded by the optimizer factory already.
+        """None: the official {'norm'} (yuweihao/MambaOut@9f2f234 models/mambaout.py:244-245) names no parameter."""
+        # The official names are norm.weight/norm.bias, so timm's exact-name test never matches 'norm'; those are
+        # 1-D and exempt anyway, as are all norms and biases here (rule "timm").
         return set()
 
     @torch.jit.ignore
@@ -433,6 +438,21 @@ VARIANTS: dict[str, tuple[dict, Published, dict]] = {
 }
 
 
+# Models without an official recipe of their own: the official configuration nearest to them
+_RW_WHY = ("timm's {} was trained with timm's own recipe, never published as a config; it trains with the "
+           "official MambaOut recipe of its size")  # fmt: skip
+FALLBACKS = {
+    "mambaout_small_rw": Fallback("mambaout_small", _RW_WHY.format("mambaout_small_rw")),
+    **{name: Fallback("mambaout_base", _RW_WHY.format(name))
+       for name in ("mambaout_base_short_rw", "mambaout_base_tall_rw", "mambaout_base_wide_rw",
+                    "mambaout_base_plus_rw")},
+    "mambaout_test": Fallback("mambaout_femto", "a test variant: the smallest official MambaOut's recipe"),
+}  # fmt: skip
+_RW_DENSE = "issue 12's recipe: timm's _rw variants as the official model of their size"
+DENSE_RW = {"mambaout_small_rw": DenseSettings(0.4, _RW_DENSE),
+            **{name: DenseSettings(0.6, _RW_DENSE) for name in FALLBACKS if name.startswith("mambaout_base_")}}
+
+
 def _register_all() -> None:
     for name, (arch, published, weights) in VARIANTS.items():
         cfg = {"crop_pct": 1.0, "test_input_size": (3, 288, 288), "tag": "in1k", "feature_stride": 32, **weights}
@@ -445,7 +465,10 @@ def _register_all() -> None:
                 family="mambaout",
                 builder=partial(MambaOut, **arch),
                 pretrained_cfg=pretrained_cfg(**cfg),
+                recipe=RECIPES.get(name) or FALLBACKS[name],
                 published=published,
+                converter=convert_mambaout,
+                dense=DENSE.get(name) or DENSE_RW.get(name) or DenseSettings(),
             )
         )
 

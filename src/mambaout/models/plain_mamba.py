@@ -27,8 +27,12 @@ import torch.nn.functional as F
 from timm.layers import DropPath, calculate_drop_path_rates, trunc_normal_
 from torch import Tensor, nn
 
+from ..checkpoints.plain_mamba_layout import convert_plain_mamba
 from ..ops.selective_scan import selective_scan
+from ..recipes import DenseSettings, Fallback
+from ..recipes.plain_mamba import DENSE, RECIPES
 from ..registry import ModelSpec, Published, pretrained_cfg, register_model
+from ._token_model import PositionTables
 from .local_mamba import GridTokenModel, check_global_pool, resample_grid
 from .vim import _at_least_fp32
 
@@ -227,14 +231,26 @@ class PlainMamba(GridTokenModel):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """The official paramwise_cfg: position embedding, A_log, D and the direction embeddings."""
-        names = ("A_log", "D", "direction_Bs")
-        return {"pos_embed"} | {n for n, _ in self.named_parameters() if n.rsplit(".", 1)[-1] in names}
+        """The parameters the official custom_keys (decay_mult 0) match, for the "mmcls" rule.
+
+        Keys of ChenhongyiYang/PlainMamba@0975a1d plain_mamba_configs/plain_mamba_l{1,2,3}_in1k_300e.py paramwise_cfg,
+        merged by mmcv's Config with those of its _base_ configs/_base_/schedules/imagenet_bs1024_adamw_swin.py.
+        mmcv matches a key as a substring of f"{prefix}.{name}" (official names sit under "backbone."); ours keep
+        the official leaf names, so a key is matched against "." + our name.
+        """
+        keys = (".cls_token", ".pos_embed", ".A_log", ".D", ".direction_Bs")
+        keys += (".absolute_pos_embed", ".relative_position_bias_table")  # the Swin base's: they match nothing here
+        return {n for n, _ in self.named_parameters() if any(k in f".{n}" for k in keys)}
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
             self.global_pool = check_global_pool(global_pool, has_cls_token=False)
         self._new_head(num_classes)
+
+    def _position_tables(self) -> PositionTables:
+        # the official backbone resizes pos_embed in its forward with mmcls's resize_pos_embed (F.interpolate
+        # bicubic, align_corners=False, no antialias), as `resample_grid` does; no class token
+        return {"pos_embed": (0, resample_grid)}
 
     def _grid_embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         x = self.patch_embed(x)
@@ -282,7 +298,10 @@ def _register_all() -> None:
                 family="plainmamba",
                 builder=partial(PlainMamba, **arch),
                 pretrained_cfg=pretrained_cfg(**cfg, tag="in1k", **weights),
+                recipe=RECIPES.get(name) or Fallback("plainmamba_l1", "a test variant: PlainMamba-L1's recipe"),
                 published=published,
+                converter=convert_plain_mamba,
+                dense=DENSE.get(name, DenseSettings()),
             )
         )
 

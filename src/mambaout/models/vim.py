@@ -33,13 +33,13 @@ from timm.layers import (
 )
 from torch import nn
 
+from ..checkpoints.layouts import convert_vim
 from ..errors import check_patch_multiple
 from ..ops.selective_scan import selective_scan
+from ..recipes import DenseSettings, Fallback
+from ..recipes.vim import DENSE, RECIPES
 from ..registry import ModelSpec, Published, pretrained_cfg, register_model
-from ._token_model import GLOBAL_POOLS, TokenModel
-
-# Mamba marks these `_no_weight_decay`; VisionMamba.no_weight_decay adds the position embedding and class token.
-_SSM_NO_DECAY = ("A_log", "A_b_log", "D", "D_b")
+from ._token_model import GLOBAL_POOLS, PositionTables, TokenModel
 
 
 def cls_token_index(num_patches: int) -> int:
@@ -286,8 +286,13 @@ class VisionMamba(TokenModel):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        ssm = {name for name, _ in self.named_parameters() if name.rsplit(".", 1)[-1] in _SSM_NO_DECAY}
-        return {"pos_embed", "cls_token"} | ssm
+        """VisionMamba's names (hustvl/Vim@dd0358a vim/models_mamba.py:378-379) that are parameters here.
+
+        Nothing else: Vim trains with timm 0.4.12's add_weight_decay (vim/main.py:391), which never reads Mamba's
+        `_no_weight_decay` mark, so the 2-D A_log / A_b_log are decayed officially; D / D_b are 1-D and exempt.
+        """
+        official = {"pos_embed", "cls_token", "dist_token", "cls_token_head", "cls_token_tail"}
+        return official & {name for name, _ in self.named_parameters()}
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
@@ -301,6 +306,11 @@ class VisionMamba(TokenModel):
         # VisionMamba.forward_features returns hidden_states[:, M // 2] whenever if_cls_token and
         # use_middle_cls_token are set, before its final_pool_type branch is reached.
         return cls_token_index(num_patches)
+
+    def _position_tables(self) -> PositionTables:
+        # hustvl/Vim vim/main.py --finetune resamples pos_embed with F.interpolate(mode="bicubic",
+        # align_corners=False), antialias off (its default); its class row is kept, here at its middle place
+        return {"pos_embed": (1, partial(resample_mid_cls_pos_embed, antialias=False))}
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch tokens with the class token inserted in the middle and the position embedding added (float32)."""
@@ -366,7 +376,10 @@ def _register_all() -> None:
                 family="vim",
                 builder=partial(VisionMamba, **arch),
                 pretrained_cfg=pretrained_cfg(**cfg, **weights),
+                recipe=RECIPES.get(name) or Fallback("vim_tiny", "a test variant: Vim-Ti's recipe"),
                 published=published,
+                converter=convert_vim,
+                dense=DENSE.get(name, DenseSettings()),
             )
         )
 

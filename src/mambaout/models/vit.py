@@ -17,8 +17,10 @@ from timm.layers import DropPath, Mlp, PatchEmbed, calculate_drop_path_rates, re
 from torch import nn
 
 from ..errors import check_patch_multiple
+from ..recipes import DenseSettings, Fallback
+from ..recipes.deit import DENSE, RECIPES
 from ..registry import ModelSpec, Published, pretrained_cfg, register_model
-from ._token_model import GLOBAL_POOLS, TokenModel
+from ._token_model import GLOBAL_POOLS, PositionTables, TokenModel
 
 
 class Attention(nn.Module):
@@ -171,6 +173,7 @@ class VisionTransformer(TokenModel):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
+        """timm 0.3.2 VisionTransformer's (vision_transformer.py:255-256), which DeiT trains (deit main.py:352)."""
         return {"pos_embed", "cls_token"}
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
@@ -187,6 +190,12 @@ class VisionTransformer(TokenModel):
 
     def cls_token_index(self, num_patches: int) -> int:
         return 0  # DeiT's class token comes first
+
+    def _position_tables(self) -> PositionTables:
+        # facebookresearch/deit main.py --finetune: F.interpolate(mode="bicubic", align_corners=False), antialias
+        # off (its default), the class row kept first
+        resample = partial(resample_abs_pos_embed, num_prefix_tokens=self.num_prefix_tokens, antialias=False)
+        return {"pos_embed": (self.num_prefix_tokens, resample)}
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch tokens with the class token prepended and the position embedding (resized to the grid) added."""
@@ -234,13 +243,16 @@ def _register_all() -> None:
     for name, (arch, published, weights) in VARIANTS.items():
         # crop 0.875 is DeiT's own evaluation (its main.py --eval-crop-ratio); timm's cfg says 0.9.
         common = dict(crop_pct=0.875, first_conv="patch_embed.proj", classifier="head")
+        own = RECIPES.get(name) or Fallback("deit_tiny", "a test variant: DeiT-Ti's recipe")
         register_model(
             ModelSpec(
                 name=name,
                 family="vit",
                 builder=partial(VisionTransformer, **arch),
                 pretrained_cfg=pretrained_cfg(**common, **weights),
+                recipe=own,
                 published=published,
+                dense=DENSE.get(name, DenseSettings()),
             )
         )
         # The Fig. 3b ablation: same architecture and layout, causal attention, mean pooling. Nobody released
@@ -251,7 +263,12 @@ def _register_all() -> None:
                 family="vit",
                 builder=partial(VisionTransformer, **arch, causal=True),
                 pretrained_cfg=pretrained_cfg(**common),
+                recipe=Fallback(
+                    own.recipe if isinstance(own, Fallback) else own.name,
+                    f"the paper's Fig. 3b trains the causal variant with {name}'s recipe",
+                ),
                 published=Published(published.params_m, source=f"{name} with causal attention (MambaOut Fig. 3b)"),
+                dense=DENSE.get(f"{name}_causal", DenseSettings()),
             )
         )
 

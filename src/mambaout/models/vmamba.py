@@ -25,8 +25,11 @@ from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
+from ..checkpoints.vmamba_layout import convert_vmamba
 from ..errors import InputSizeError
 from ..ops.selective_scan import selective_scan
+from ..recipes import DenseSettings, Fallback
+from ..recipes.vmamba import DENSE, RECIPES
 from ..registry import ModelSpec, Published, pretrained_cfg, register_model
 
 NUM_DIRECTIONS = 4
@@ -524,8 +527,19 @@ class VMamba(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """The SSM parameters Mamba keeps out of weight decay: A_log, D and the dt bias of every SS2D."""
-        return {n for n, _ in self.named_parameters() if n.rsplit(".", 1)[-1] in ("A_log", "D", "dt_proj_bias")}
+        """VSSM's {"pos_embed"} (MzeroMiko/VMamba@2ed52ea classification/models/vmamba.py:1385-1386), where it exists.
+
+        LocalVMamba's VSSM returns {} (hunto/LocalMamba@75e5d1f classification/lib/models/local_vmamba.py:667-668);
+        no variant here has a pos_embed, so both are empty. Swin's rule ("swin") then exempts only 1-D parameters
+        and ".bias" names: the 2-D A_log and dt_proj_bias ((K*D, N), (K, D)) are decayed, as officially, although
+        Mamba marks A_logs/Ds `_no_weight_decay` (no official optimizer reads that mark).
+        """
+        return {"pos_embed"} & {n for n, _ in self.named_parameters()}
+
+    @torch.jit.ignore
+    def no_weight_decay_keywords(self) -> set[str]:
+        """VSSM's keywords for Swin's rule: {} (MzeroMiko/VMamba@2ed52ea classification/models/vmamba.py:1390-1391)."""
+        return set()
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -673,6 +687,12 @@ VARIANTS: dict[str, tuple[dict, Published, dict]] = {
 }
 
 
+FALLBACKS = {
+    "vmamba_test": Fallback("vmamba_tiny", "a test variant: VMamba-T v0's recipe"),
+    "vmamba2_test": Fallback("vmamba2_tiny_s2l5", "a test variant: VMamba-T v2's recipe"),
+}
+
+
 def _register_all() -> None:
     for name, (arch, published, weights) in VARIANTS.items():
         stem = STEMS[arch["version"].stem]
@@ -692,7 +712,10 @@ def _register_all() -> None:
                     checkpoint_layout="model",
                     **weights,
                 ),
+                recipe=RECIPES.get(name) or FALLBACKS[name],
                 published=published,
+                converter=convert_vmamba,
+                dense=DENSE.get(name, DenseSettings()),
             )
         )
 
