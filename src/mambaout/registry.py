@@ -8,7 +8,6 @@ imports a model.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from ._lookup import lookup
 from .recipes import DenseSettings, Fallback, Recipe, get_recipe, register_recipe
 
 StateDict = dict[str, Any]
@@ -126,11 +126,4 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=5, cutoff=0.5)
-        hint = f" Closest: {', '.join(close)}." if close else ""
-        raise UnknownModelError(
-            f"unknown model {name!r}.{hint} `mambaout models` lists all {len(_REGISTRY)} models."
-        ) from None
+    return lookup(_REGISTRY, name, "model", "mambaout models", UnknownModelError)

@@ -5,7 +5,7 @@ The recipe: AdamW, lr 1e-4 at a global batch of 16 (8 processes x 2 images; othe
 weight decay 0.05 (none on norms, biases and position embeddings), 12 epochs with the lr x0.1 after epochs 8 and 11,
 a linear warmup over the first 1,000 iterations from 0.001 of the lr, images rescaled to short side 800 / long side
 at most 1333 (`--img-scale 1333 800`, done by the model's torchvision transform, which also maps predictions back to
-the original image), horizontal flip 0.5, per-backbone drop path (`dense.backbone.DENSE_DROP_PATH`), no layer-wise
+the original image), horizontal flip 0.5, per-backbone drop path (`ModelSpec.dense`), no layer-wise
 lr decay. The RPN keeps 1,000 proposals per image after NMS in training and testing, as mmdetection's config does.
 """
 

@@ -11,11 +11,12 @@ Values are given at the official global batch (`global_batch_size`); `lr`, and w
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from .._lookup import lookup
 
 # A layer of recipe values: option name -> (value, source). Layers are applied in order, later ones win.
 Layer = Mapping[str, tuple[Any, str]]
@@ -102,14 +103,7 @@ def register_recipe(item: Recipe) -> Recipe:
 
 
 def get_recipe(name: str) -> Recipe:
-    try:
-        return _RECIPES[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _RECIPES, n=5, cutoff=0.5)
-        hint = f" Closest: {', '.join(close)}." if close else ""
-        raise UnknownRecipeError(
-            f"unknown recipe {name!r}.{hint} `mambaout recipes` lists all {len(_RECIPES)} recipes."
-        ) from None
+    return lookup(_RECIPES, name, "recipe", "mambaout recipes", UnknownRecipeError)
 
 
 def list_recipes(pattern: str = "*") -> list[str]:

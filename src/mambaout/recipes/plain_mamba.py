@@ -19,7 +19,7 @@ _ALL = _CFG.format("l*")
 _SHARED = {
     "epochs": (300, f"{_SCHED} runner max_epochs"),
     "cooldown_epochs": (0, f"{_SCHED}: no cooldown"),
-    "lr_scale": ("none", f"{_ALL}: the lr is written as 5e-4 x 256 x world_size / 512, fixed, never rescaled"),
+    "lr_scale": ("linear", f"{_ALL}: the lr is written as 5e-4 x 256 x world_size / 512 (the linear rule)"),
     "scale_warmup_and_min_lr": (True, f"{_SCHED}: min_lr_ratio and warmup_ratio are fractions of the lr"),
     "opt": ("adamw", f"{_SCHED} optimizer type AdamW"),
     "opt_eps": (1e-8, f"{_SCHED} optimizer eps"),
