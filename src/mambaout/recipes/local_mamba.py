@@ -40,7 +40,8 @@ _SHARED = {
     "clip_grad": (None, f"{_CONFIG}: no clip_grad"),
     "clip_mode": ("norm", f"{_CONFIG}: no clip_grad"),
     "drop": (0.0, f"{_CONFIG}: no dropout"),
-    "drop_path": (0.1, f"{_README} train command --drop-path-rate 0.1"),
+    "drop_path": (0.1, f"{_README} train command --drop-path-rate 0.1 (given for LocalVim-T; the others' commands "
+                  "are not in the README, and tools/train.py passes the config's 0.1 over the model defaults)"),
     "model_ema_decay": (None, f"{_CONFIG} model_ema false"),
     "model_ema_eval": (False, f"{_CONFIG}: no EMA"),
     "best_by": ("model", f"{_TRAIN}: the best top-1 of the model"),

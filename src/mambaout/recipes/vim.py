@@ -39,6 +39,10 @@ _PRETRAIN = {
 }
 
 
+_NO_SCRIPT = ("Vim-B has no training script (the README links its weights only): these are vim/main.py's defaults "
+              "on 8 GPUs, not a recipe its authors published",)
+
+
 def _finetune(size: str) -> dict:
     script = _FT.format(size)
     return {
@@ -53,7 +57,11 @@ def _finetune(size: str) -> dict:
 
 
 RECIPES = {
-    **{name: recipe(name, _VIM, values, differences=DIFFERENCES, title=name) for name, values in _PRETRAIN.items()},
+    **{
+        name: recipe(name, _VIM, values, differences=DIFFERENCES + (_NO_SCRIPT if name == "vim_base" else ()),
+                     title=name)
+        for name, values in _PRETRAIN.items()
+    },
     **{
         f"vim_{size}_plus": recipe(f"vim_{size}_plus", _VIM, _finetune(letter), differences=DIFFERENCES,
                                    title=f"Vim-{letter.upper()}+ fine-tuning from the stride-16 model")
