@@ -10,15 +10,14 @@ gives medians, spreads and ours/timm ratios, and writes training_cpu.json and tr
     python benchmarks/training_cpu.py --repeats 5 --out benchmark_results
 
 --recipes: what training a family with its own recipe costs per step next to training it with MambaOut's recipe.
-For one model of each family, one optimizer step as the engine (`mambaout.engine.loop`) runs it: the task's batch
-preparation (mixup/cutmix), forward and loss under the autocast `training_precision` picks, backward (through the
-GradScaler where the run is fp16), gradient clipping with `dispatch_clip_grad`, the optimizer step and the
-`ModelEmaV3` update, every choice taken from `TrainConfig(model=..., recipe=...)` as the engine takes it (the model
-built with the recipe's drop path, the optimizer from `Task.optimizer`: the recipe's optimizer over `param_groups`
-with its no-weight-decay rule). Each model runs under its own recipe and under --baseline-recipe (MambaOut-Femto's),
-interleaved repeat by repeat in one process; the report gives medians, spreads, own/baseline ratios and each
-recipe's per-step settings, prints lscpu's model and ISA flags, and writes training_cpu_recipes.json and
-training_cpu_recipes.png under --out. The data loader and the lr schedule are not timed.
+For one model of each family, one optimizer step as the engine runs it: `ClassificationTask`'s model, mixup and loss
+(`build_model`, `build_loss`, `prepare`, `loss`), the optimizer of `Task.optimizer` (the recipe's no-weight-decay
+rule), and the engine's own `TrainStep` (autocast, `backward`, `update_weights`: unscaling, clipping, the optimizer
+step, the EMA update), every choice taken from `TrainConfig(model=..., recipe=...)`. Each model runs under its own
+recipe and under --baseline-recipe (MambaOut-Femto's), interleaved repeat by repeat in one process; the report gives
+medians, spreads, own/baseline ratios and each recipe's per-step settings, prints lscpu's model and ISA flags, and
+writes training_cpu_recipes.json and training_cpu_recipes.png under --out. Data loading and the lr schedule are not
+timed.
 
     python benchmarks/training_cpu.py --recipes --repeats 3 --out benchmark_results
 """
@@ -37,15 +36,14 @@ from pathlib import Path
 import matplotlib
 import timm
 import torch
-from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import nn
 
 import mambaout
 from mambaout.engine.evaluate import evaluate
-from mambaout.engine.inference import PRECISIONS, cpu_supports_bf16, prepare_for_inference
-from mambaout.engine.loop import training_precision
+from mambaout.engine.inference import cpu_supports_bf16, prepare_for_inference
+from mambaout.engine.loop import TrainStep
 from mambaout.engine.task import Batch
-from mambaout.engine.train import ClassificationTask, _mixup, _train_loss
+from mambaout.engine.train import ClassificationTask
 from mambaout.engine.train_config import TrainConfig
 
 matplotlib.use("Agg")
@@ -110,63 +108,43 @@ class RecipeStep:
         self.config = config = TrainConfig(model=model_name, recipe=recipe, batch_size=batch, img_size=size,
                                            num_classes=num_classes, device="cpu")  # fmt: skip
         self.task = task = ClassificationTask(config)
-        # ClassificationTask.build without its datasets: the model, mixup and loss it builds from the config
+        # ClassificationTask.build without its datasets, then engine.loop._fit's step
         torch.manual_seed(0)  # both recipes of a model start from the same weights
-        model_options = {"drop_rate": config.drop} if config.drop else {}
-        model = mambaout.create_model(config.model, num_classes=num_classes, drop_path_rate=config.drop_path,
-                                      **model_options)  # fmt: skip
         task.world_size = 1
-        task.mixup = _mixup(config, num_classes)
-        task.loss_fn = _train_loss(config, task.mixup)
-        # engine.loop._fit
-        self.model = model.to(device)
+        model = task.build_model(num_classes).to(device)
+        task.build_loss(num_classes)
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
         if config.grad_checkpointing:
             model.set_grad_checkpointing(True)
-        self.optimizer = task.optimizer(model, config.resolved_lr(1))
-        self.amp = training_precision(config.amp, device)
-        self.amp_dtype = PRECISIONS[self.amp] if self.amp else None
-        self.scaler = torch.amp.GradScaler(device.type) if self.amp == "fp16" else None
-        self.ema = ModelEmaV3(model, decay=config.model_ema_decay) if config.model_ema_decay else None
+        self.train_step = TrainStep.create(config, model, task.optimizer(model, config.resolved_lr(1)), device)
         self.updates = 0
         generator = torch.Generator().manual_seed(1)
         self.images = torch.randn(batch, 3, size, size, generator=generator)
         self.targets = torch.randint(0, num_classes, (batch,), generator=generator)
         model.train()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.train_step.optimizer.zero_grad(set_to_none=True)
 
     def settings(self) -> dict:
         c = self.config
-        return dict(recipe=c.recipe, amp_recipe=c.amp or "fp32", amp_used=self.amp or "fp32",
-                    grad_scaler=self.scaler is not None,
+        return dict(recipe=c.recipe, amp_recipe=c.amp or "fp32", amp_used=self.train_step.amp or "fp32",
+                    grad_scaler=self.train_step.scaler is not None,
                     clip=None if c.clip_grad is None else f"{c.clip_mode} {c.clip_grad:g}",
                     ema=c.model_ema_decay, drop_path=c.drop_path, no_weight_decay=c.no_weight_decay, opt=c.opt,
                     mixup=c.mixup, cutmix=c.cutmix, loss=type(self.task.loss_fn).__name__)  # fmt: skip
 
     def step(self) -> float:
         """Seconds for one optimizer step (the batch is copied before the clock starts: mixup works in place)."""
-        task, config, model, optimizer = self.task, self.config, self.model, self.optimizer
+        task, step = self.task, self.train_step
         batch = Batch(self.images.clone(), self.targets.clone(), len(self.images), [])
         start = time.perf_counter()
         batch = task.prepare(batch)
-        with torch.autocast("cpu", dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss, _ = task.loss(model, batch)
+        with step.autocast(torch.device("cpu")):
+            loss, _ = task.loss(step.train_model, batch)
         loss.item()  # the engine reads the loss every step (its NaN stop)
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        if self.scaler is not None:
-            self.scaler.unscale_(optimizer)
-        if config.clip_grad is not None:
-            dispatch_clip_grad(model.parameters(), config.clip_grad, mode=config.clip_mode)
-        if self.scaler is not None:
-            self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        step.backward(loss)
         self.updates += 1
-        if self.ema is not None:
-            self.ema.update(model, step=self.updates)
+        step.update_weights(self.updates)
         return time.perf_counter() - start
 
 

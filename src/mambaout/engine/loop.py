@@ -61,16 +61,53 @@ class FitResult:
 
 
 @dataclass
-class _Step:
-    """What one optimizer step needs besides the batch: built once per run."""
+class TrainStep:
+    """What one optimizer step needs besides the batch, as the run's config decides it: built once per run.
+
+    `backward` and `update_weights` are the step's two halves around the forward pass; the loop runs them, and so
+    does `benchmarks/training_cpu.py`, so that a benchmark step is the engine's."""
 
     train_model: nn.Module
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: Any
-    amp_dtype: torch.dtype | None
+    config: Any
+    amp: str | None  # the precision the run's --amp runs as here (`training_precision`)
     scaler: torch.amp.GradScaler | None
     ema: ModelEmaV3 | None
+
+    @classmethod
+    def create(cls, config: Any, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+               train_model: nn.Module | None = None) -> TrainStep:  # fmt: skip
+        amp = training_precision(config.amp, device)
+        scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+        ema = ModelEmaV3(model, decay=config.model_ema_decay) if config.model_ema_decay else None
+        return cls(train_model or model, model, optimizer, config, amp, scaler, ema)
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return PRECISIONS[self.amp] if self.amp else None
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        return torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp is not None)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def update_weights(self, update: int) -> None:
+        """Unscale, clip, step, zero the gradients and update the EMA: the optimizer step `update` (1, 2, ...)."""
+        config, optimizer = self.config, self.optimizer
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+        if config.clip_grad is not None:
+            dispatch_clip_grad(self.model.parameters(), config.clip_grad, mode=config.clip_mode)
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model, step=update)
 
 
 def fit(task: Task) -> FitResult:
@@ -109,10 +146,8 @@ def _fit(task: Task, env: distributed.Distributed) -> FitResult:
     lr = config.resolved_lr(env.world_size)
     optimizer = task.optimizer(model, lr)
     scheduler, total_epochs = task.schedule(optimizer, steps_per_epoch)
-    amp = training_precision(config.amp, env.device)
-    amp_dtype = PRECISIONS[amp] if amp else None
-    scaler = torch.amp.GradScaler(env.device.type) if amp == "fp16" else None
-    ema = ModelEmaV3(model, decay=config.model_ema_decay) if config.model_ema_decay else None
+    step = TrainStep.create(config, model, optimizer, env.device)
+    amp, amp_dtype, scaler, ema = step.amp, step.amp_dtype, step.scaler, step.ema
 
     # ---- output folder and resume
     out = Path(config.output) / (config.experiment or task.experiment_name())
@@ -156,7 +191,7 @@ def _fit(task: Task, env: distributed.Distributed) -> FitResult:
             device_ids=[env.local_rank] if env.device.type == "cuda" else None,
             find_unused_parameters=getattr(task, "find_unused_parameters", False),
         )
-    step = _Step(train_model, model, optimizer, scheduler, amp_dtype, scaler, ema)
+    step.train_model = train_model
     skip_log = SkipLog(parts.skipped_while_scanning)
     if env.is_main:
         log.info(
@@ -180,7 +215,8 @@ def _fit(task: Task, env: distributed.Distributed) -> FitResult:
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
         started = time.perf_counter()
-        losses, units = _train_one_epoch(task, step, epoch, env, train_loader, steps_per_epoch, skip_log, run_log)
+        losses, units = _train_one_epoch(task, step, scheduler, epoch, env, train_loader, steps_per_epoch, skip_log,
+                                         run_log)
         seconds = time.perf_counter() - started
         rates.append(units / seconds)
 
@@ -247,11 +283,11 @@ def _fit(task: Task, env: distributed.Distributed) -> FitResult:
 
 
 def _train_one_epoch(
-    task: Task, step: _Step, epoch: int, env: distributed.Distributed, loader: DataLoader, steps_per_epoch: int,
-    skip_log: SkipLog, run_log: RunLog | None,
+    task: Task, step: TrainStep, scheduler: Any, epoch: int, env: distributed.Distributed, loader: DataLoader,
+    steps_per_epoch: int, skip_log: SkipLog, run_log: RunLog | None,
 ) -> tuple[dict[str, float], int]:  # fmt: skip
     """One epoch of `steps_per_epoch` optimizer steps. Returns (mean losses over all processes, units seen)."""
-    config, model, optimizer = task.config, step.model, step.optimizer
+    config, optimizer = task.config, step.optimizer
     step.train_model.train()
     optimizer.zero_grad(set_to_none=True)
     accum = config.grad_accum_steps
@@ -272,7 +308,7 @@ def _train_one_epoch(
                 continue
             sync = micro == accum - 1 or not isinstance(step.train_model, DistributedDataParallel)
             with contextlib.nullcontext() if sync else step.train_model.no_sync():
-                with torch.autocast(env.device.type, dtype=step.amp_dtype, enabled=step.amp_dtype is not None):
+                with step.autocast(env.device):
                     loss, loss_parts = task.loss(step.train_model, batch)
                 value = loss.item()
                 if distributed.any_process(not math.isfinite(value), env.device):
@@ -281,25 +317,13 @@ def _train_one_epoch(
                         "the last checkpoint is left as it was. Lower --lr, set --clip-grad, or use --amp bf16 "
                         "instead of fp16, then resume with --resume auto"
                     )
-                scaled = loss / accum
-                (step.scaler.scale(scaled) if step.scaler is not None else scaled).backward()
+                step.backward(loss / accum)
             for name, part in {"loss": value, **loss_parts}.items():
                 sums[name] = sums.get(name, 0.0) + part * batch.size
             count += batch.size
-        if step.scaler is not None:
-            step.scaler.unscale_(optimizer)
-        if config.clip_grad is not None:
-            dispatch_clip_grad(model.parameters(), config.clip_grad, mode=config.clip_mode)
-        if step.scaler is not None:
-            step.scaler.step(optimizer)
-            step.scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
         update = epoch * steps_per_epoch + index + 1
-        if step.ema is not None:
-            step.ema.update(model, step=update)
-        step.scheduler.step_update(update)
+        step.update_weights(update)
+        scheduler.step_update(update)
         progress.update()
         if count:
             progress.set_postfix(loss=f"{sums['loss'] / count:.4f}", lr=f"{_mean_lr(optimizer):.2e}")

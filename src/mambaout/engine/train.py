@@ -39,16 +39,8 @@ class ClassificationTask(Task):
         num_classes = config.num_classes or len(train_set.classes)
         if num_classes < len(train_set.classes):
             raise ConfigError(f"--num-classes {num_classes} is fewer than the {len(train_set.classes)} class folders")
-        model_options: dict[str, Any] = {"drop_rate": config.drop} if config.drop else {}
         self.world_size = env.world_size
-        model = create_model(
-            config.model,
-            pretrained=config.pretrained,
-            checkpoint=config.initial_checkpoint,
-            num_classes=num_classes,
-            drop_path_rate=config.drop_path,
-            **model_options,
-        )
+        model = self.build_model(num_classes)
         self.data_config = resolve_data_config(
             {"input_size": (3, config.img_size, config.img_size)} if config.img_size else {}, model=model
         )
@@ -63,9 +55,20 @@ class ClassificationTask(Task):
                 classes_from=f"the {config.train_split} split",
             )
         self.class_names = train_set.classes
-        self.mixup = _mixup(config, num_classes)
-        self.loss_fn = _train_loss(config, self.mixup)
+        self.build_loss(num_classes)
         return TaskParts(model, train_set, self.val_set, _collate, list(train_set.skipped), collate_skipping)
+
+    def build_model(self, num_classes: int) -> nn.Module:
+        """The model as the recipe sets it up (drop path, head dropout), with the run's starting weights."""
+        config = self.config
+        model_options: dict[str, Any] = {"drop_rate": config.drop} if config.drop else {}
+        return create_model(config.model, pretrained=config.pretrained, checkpoint=config.initial_checkpoint,
+                            num_classes=num_classes, drop_path_rate=config.drop_path, **model_options)
+
+    def build_loss(self, num_classes: int) -> None:
+        """The recipe's Mixup/CutMix (`self.mixup`, None when off) and training loss (`self.loss_fn`)."""
+        self.mixup = _mixup(self.config, num_classes)
+        self.loss_fn = _train_loss(self.config, self.mixup)
 
     def prepare(self, batch: Batch) -> Batch:
         images, targets = batch.inputs, batch.targets

@@ -19,7 +19,7 @@ import yaml
 
 from ..data.augment import check_policy
 from ..data.local_mamba_augment import check_local_mamba_policy, is_local_mamba_policy
-from ..recipes import Recipe, RecipeReport, get_recipe
+from ..recipes import Recipe, RecipeReport, get_recipe, plain
 from ..registry import get_model_spec, recipe_for
 from .weight_decay import RULES
 
@@ -276,7 +276,7 @@ class TrainConfig(EngineConfig):
                     continue  # --lr alone is the lr of the actual batch
                 setattr(self, f.name, theirs)
             elif not _same(ours, theirs):
-                overrides[f.name] = {"recipe": _plain(theirs), "used": _plain(ours)}
+                overrides[f.name] = {"recipe": plain(theirs), "used": plain(ours)}
         reason = "" if chosen is not own else (fallback.why if fallback else "")
         return RecipeReport(chosen.name, own=chosen is own and fallback is None, fallback_reason=reason,
                             overrides=overrides)
@@ -331,10 +331,6 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
         return list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else False
     return a == b
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
 
 
 def config_fields(config_class: type[EngineConfig] = TrainConfig) -> list[dataclasses.Field]:

@@ -48,7 +48,7 @@ class Recipe:
 
     def to_options(self) -> dict[str, Any]:
         """The values with the recipe's name: what `train --config` reads and `recipes --json` prints (+ sources)."""
-        return {"recipe": self.name, **{k: _plain(v) for k, v in self.values.items()}}
+        return {"recipe": self.name, **{k: plain(v) for k, v in self.values.items()}}
 
     def source_of(self, key: str) -> str:
         return self.sources.get(key, "")
@@ -110,7 +110,7 @@ def list_recipes(pattern: str = "*") -> list[str]:
     return sorted(name for name in _RECIPES if fnmatch.fnmatchcase(name, pattern))
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Tuples as lists, so that YAML and JSON write them plainly."""
     return list(value) if isinstance(value, tuple) else value
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from ..registry import get_model_spec, list_models, recipe_for
+from ..registry import list_models, recipe_for
 from . import TABLE_COLUMNS, Recipe, get_recipe, list_recipes
 
 _HEADERS = {"epochs": "epochs", "global_batch_size": "batch", "lr": "lr", "weight_decay": "wd",
@@ -60,13 +60,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def resolve(name: str) -> tuple[Recipe, str]:
     """A recipe by model name (its default recipe, and a note when that is not its own) or by recipe name."""
-    if name in list_models():
-        chosen, fallback = recipe_for(name)
-        return chosen, f"{name} trains with {chosen.name}'s recipe: {fallback.why}" if fallback else ""
-    if name in list_recipes():
+    if name in list_recipes() and name not in list_models():
         return get_recipe(name), ""
-    get_model_spec(name)  # raises the unknown-model error with the closest names
-    raise AssertionError("unreachable")
+    chosen, fallback = recipe_for(name)  # an unknown name: the unknown-model error, with the closest names
+    return chosen, f"{name} trains with {chosen.name}'s recipe: {fallback.why}" if fallback else ""
 
 
 def as_json(item: Recipe) -> str:
