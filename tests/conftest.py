@@ -37,3 +37,19 @@ def console_script(name: str = "mambaout") -> str:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: install the package (make install)")
     return str(path)
+
+
+def cli_flags(options: dict) -> list[str]:
+    """Command-line flags for training options: True as `--name`, False as `--no-name`, lists as several values."""
+    flags = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is False:
+            flags.append("--no-" + key.replace("_", "-"))
+        elif isinstance(value, list):
+            flags += [flag, *map(str, value)]
+        else:
+            flags += [flag, str(value)]
+    return flags

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import console_script
+from conftest import cli_flags, console_script
 from mambaout.cli import main
 from mambaout.data.synthetic_coco import write_coco_dataset
 from mambaout.dense.detection_task import DetectionConfig, train_detector
@@ -41,18 +41,6 @@ QUICK = dict(
 )
 ONE_THREAD = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
 
-
-def _flags(options: dict) -> list[str]:
-    flags = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + key.replace("_", "-"))
-        elif isinstance(value, list):
-            flags += [flag, *map(str, value)]
-        else:
-            flags += [flag, str(value)]
-    return flags
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +92,7 @@ def test_a_short_run_lowers_the_loss_then_detect_eval_and_detect_work(data, tmp_
 def test_sigkill_then_resume_auto_ends_with_the_uninterrupted_weights(data, tmp_path):
     options = dict(QUICK, epochs=4, lr_steps=[3], deterministic=True, experiment="run", val_split="",
                    max_steps_per_epoch=2)  # fmt: skip
-    command = [console_script(), "detect-train", str(data), *_flags(options)]
+    command = [console_script(), "detect-train", str(data), *cli_flags(options)]
     subprocess.run([*command, "--output", str(tmp_path / "whole")], check=True, capture_output=True, env=ONE_THREAD)
 
     killed_out = tmp_path / "killed"
@@ -135,10 +123,10 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(dat
     options = dict(QUICK, epochs=1, deterministic=True, experiment="run", hflip=0.0, opt="sgd",
                    lr=0.02, warmup_iters=0, rpn_batch_size_per_image=4096, box_batch_size_per_image=512,
                    max_steps_per_epoch=2)  # fmt: skip
-    one = [console_script(), "detect-train", str(data), *_flags(dict(options, batch_size=4))]
+    one = [console_script(), "detect-train", str(data), *cli_flags(dict(options, batch_size=4))]
     subprocess.run([*one, "--output", str(tmp_path / "one")], check=True, capture_output=True, env=ONE_THREAD)
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-           "mambaout.cli", "detect-train", str(data), *_flags(dict(options, batch_size=2))]  # fmt: skip
+           "mambaout.cli", "detect-train", str(data), *cli_flags(dict(options, batch_size=2))]  # fmt: skip
     done = subprocess.run([*two, "--output", str(tmp_path / "two")], capture_output=True, text=True, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]
     a = load_training_checkpoint(tmp_path / "one" / "run" / "last.pth")

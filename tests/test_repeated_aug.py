@@ -17,13 +17,14 @@ import torch.multiprocessing as mp
 import yaml
 from torch.utils.data import DistributedSampler
 
+from conftest import cli_flags
 from mambaout.cli import main
 from mambaout.data.synthetic import write_dataset
 from mambaout.engine import distributed
 from mambaout.engine.checkpointing import load_training_checkpoint
 from mambaout.engine.train import ClassificationTask, train
 from mambaout.engine.train_config import ConfigError, TrainConfig
-from test_train import QUICK, _flags, _Killed
+from test_train import QUICK, _Killed
 
 REPEATS = 3  # the DeiT and Vim recipes' aug_repeats
 LARGE, SMALL = 600, 100  # datasets on both sides of DeiT's 256-image rounding
@@ -167,7 +168,7 @@ def test_torchrun_two_processes_train_deits_epoch(images, tmp_path):
     world, batch = 2, 16
     options = dict(QUICK, batch_size=batch, aug_repeats=REPEATS, epochs=2, experiment="run", val_batch_size=5)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world), "-m",
-               "mambaout.cli", "train", str(images), *_flags(options), "--output", str(tmp_path)]  # fmt: skip
+               "mambaout.cli", "train", str(images), *cli_flags(options), "--output", str(tmp_path)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "run"

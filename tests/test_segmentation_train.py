@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import console_script
+from conftest import cli_flags, console_script
 from mambaout.cli import main
 from mambaout.data.synthetic_segmentation import CLASS_NAMES, write_segmentation_dataset
 from mambaout.dense.segmentation_task import PolyWarmupScheduler, SegmentationConfig, train_segmenter
@@ -51,20 +51,6 @@ def _one_thread():
     yield
     torch.set_num_threads(threads)
 
-
-def _flags(options: dict) -> list[str]:
-    flags = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            flags.append(flag)
-        elif value is False:
-            flags.append("--no-" + key.replace("_", "-"))
-        elif isinstance(value, list):
-            flags += [flag, *map(str, value)]
-        else:
-            flags += [flag, str(value)]
-    return flags
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +119,7 @@ def test_sigkill_then_resume_auto_ends_with_the_uninterrupted_weights(data, tmp_
     # CPU kernels are deterministic: the uninterrupted run can run in this process, one thread as the subprocesses
     options = dict(QUICK, iterations=12, iters_per_epoch=3, experiment="run")
     train_segmenter(SegmentationConfig(data_dir=str(data), output=str(tmp_path / "whole"), **options))
-    command = [console_script(), "segment-train", str(data), *_flags(options)]
+    command = [console_script(), "segment-train", str(data), *cli_flags(options)]
 
     killed_out = tmp_path / "killed"
     process = subprocess.Popen([*command, "--output", str(killed_out)], stdout=subprocess.DEVNULL,
@@ -164,7 +150,7 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(dat
                    photometric=False, dropout=0.0, crop_size=64, opt="sgd", lr=2e-3)  # fmt: skip
     train_segmenter(SegmentationConfig(data_dir=str(data), output=str(tmp_path / "one"), **dict(options, batch_size=4)))
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-           "mambaout.cli", "segment-train", str(data), *_flags(dict(options, batch_size=2))]  # fmt: skip
+           "mambaout.cli", "segment-train", str(data), *cli_flags(dict(options, batch_size=2))]  # fmt: skip
     done = subprocess.run([*two, "--output", str(tmp_path / "two")], capture_output=True, text=True,
                           env=ONE_THREAD)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import console_script
+from conftest import cli_flags, console_script
 from mambaout.checkpoints import CheckpointError
 from mambaout.cli import main
 from mambaout.data.synthetic import write_dataset
@@ -38,16 +38,6 @@ QUICK = dict(
     log_interval=1,
 )
 
-
-def _flags(options: dict) -> list[str]:
-    flags = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            flags.append(flag)
-        elif value is not False:
-            flags += [flag, str(value)]
-    return flags
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +80,9 @@ def test_history_is_bounded(shapes, tmp_path):
 def test_sigkill_at_a_random_step_then_resume_ends_with_the_uninterrupted_weights(shapes, tmp_path):
     # the official augmentation (RandAugment, mixup/cutmix, random erasing, drop path) and EMA stay on: their random
     # states must be restored too
-    options = dict(QUICK, no_aug=False, smoothing=0.1, drop_path=0.1, model_ema_decay=0.9)
+    options = dict({k: v for k, v in QUICK.items() if k != "no_aug"}, smoothing=0.1, drop_path=0.1, model_ema_decay=0.9)
     options.update(epochs=6, max_steps_per_epoch=4, deterministic=True, experiment="run")
-    command = [console_script(), "train", str(shapes), *_flags(options)]
+    command = [console_script(), "train", str(shapes), *cli_flags(options)]
     subprocess.run([*command, "--output", str(tmp_path / "whole")], check=True, capture_output=True)
 
     killed_out = tmp_path / "killed"
@@ -173,10 +163,10 @@ def test_an_existing_run_is_not_overwritten_and_resume_auto_starts_fresh_in_an_e
 
 def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(shapes, tmp_path):
     options = dict(QUICK, epochs=2, deterministic=True, experiment="run", val_batch_size=3)
-    one = [console_script(), "train", str(shapes), *_flags(dict(options, batch_size=8))]
+    one = [console_script(), "train", str(shapes), *cli_flags(dict(options, batch_size=8))]
     subprocess.run([*one, "--output", str(tmp_path / "one")], check=True, capture_output=True)
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-           "mambaout.cli", "train", str(shapes), *_flags(dict(options, batch_size=4))]  # fmt: skip
+           "mambaout.cli", "train", str(shapes), *cli_flags(dict(options, batch_size=4))]  # fmt: skip
     done = subprocess.run([*two, "--output", str(tmp_path / "two")], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

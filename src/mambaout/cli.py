@@ -26,6 +26,9 @@ from .engine.train_config import ConfigError, TrainConfig
 from .engine.validate import DeviceError
 from .errors import InputSizeError, TrainingDivergedError
 from .registry import UnknownModelError, get_model_spec, list_models
+from .study import PRESETS as _STUDY_PRESETS
+from .study import StudyError
+from .study.plan import STUDY_SET
 
 
 class UsageError(ValueError):
@@ -48,6 +51,7 @@ EXPECTED_ERRORS = (
     ExportError,
     OnnxModelError,
     DemoError,
+    StudyError,
 )
 
 
@@ -192,26 +196,55 @@ def _add_train_arguments(p: argparse.ArgumentParser, config_class: type, config_
     supplies defaults. Every training command of the one engine (train, detect-train, segment-train) uses this."""
     p.set_defaults(config_class=config_class)
     p.add_argument("-c", "--config", help="YAML file of options (keys as the long options); the command line wins")
+    _add_config_options(p, config_class)
+    if config_defaults:
+        p.set_defaults(**config_defaults)
+
+
+def _add_config_options(p, config_class: type, skip: tuple[str, ...] = (), only_given: bool = False) -> None:
+    """An option per field of `config_class` but `skip`; with `only_given`, options not on the command line stay
+    out of the parsed namespace (the study passes what the user set to every run)."""
     short = {"batch_size": ["-b"], "workers": ["-j"]}
     for f in config_class.fields():
+        if f.name in skip:
+            continue
         if f.name == "data_dir":
             p.add_argument("data_dir", help=f.metadata["help"])
             continue
         flags = [*short.get(f.name, []), "--" + f.name.replace("_", "-")]
         kind = str(f.type).replace(" | None", "")
-        default = "the recipe's" if f.metadata.get("from_recipe") else f.default
-        help_text = f"{f.metadata['help']} (default: {default})"
+        default_text = "the recipe's" if f.metadata.get("from_recipe") else f.default
+        help_text = f"{f.metadata['help']} (default: {default_text})"
+        default = argparse.SUPPRESS if only_given else f.default
         if kind == "bool":  # --x / --no-x, except for options that are negative already (--no-aug)
             action = "store_true" if f.name.startswith("no_") else argparse.BooleanOptionalAction
-            p.add_argument(*flags, dest=f.name, action=action, default=f.default, help=f.metadata["help"])
+            p.add_argument(*flags, dest=f.name, action=action, default=default, help=f.metadata["help"])
         elif kind.startswith("list["):
             item = _TYPES[kind[5:-1]]
-            p.add_argument(*flags, dest=f.name, type=item, nargs=f.metadata.get("nargs", "+"), default=f.default,
+            p.add_argument(*flags, dest=f.name, type=item, nargs=f.metadata.get("nargs", "+"), default=default,
                            help=help_text)  # fmt: skip
         else:
-            p.add_argument(*flags, dest=f.name, type=_TYPES[kind], default=f.default, help=help_text)
-    if config_defaults:
-        p.set_defaults(**config_defaults)
+            p.add_argument(*flags, dest=f.name, type=_TYPES[kind], default=default, help=help_text)
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from .study import StudyConfig, run_study
+
+    names = {f.name for f in TrainConfig.fields()} - set(STUDY_SET)
+    options = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    given = dict(data_dir=args.data_dir, output=args.output, resume=args.resume, jobs=args.jobs,
+                 first_seed=args.first_seed, bench_batch=args.bench_batch, bench_repeats=args.bench_repeats,
+                 bench_precision=args.bench_precision, options=options)  # fmt: skip
+    for key in ("models", "recipe", "seeds", "epochs", "img_size"):  # unset: the preset's (or the study's default)
+        if getattr(args, key) is not None:
+            given[key] = getattr(args, key)
+    if args.preset is None and "models" not in given:
+        raise UsageError("give --models M1 M2 ... or a --preset (mambaout study --help lists them)")
+    result = run_study(StudyConfig.from_preset(args.preset, **given))
+    if result is not None:
+        print(result.markdown)
+        print("wrote " + ", ".join(str(path) for path in result.files))
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -507,6 +540,39 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     p = sub.add_parser("train", help="train on a folder dataset with the model's official recipe (torchrun for DDP)")
     _add_train_arguments(p, TrainConfig, config_defaults.get("train"))
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "study", help="the paper's comparison on any dataset: train models x seeds, measure, report (study.md)",
+        description="Train every model (with every seed) as an ordinary `train` run in OUTPUT/runs/, measure params, "
+        "MACs and inference images/s side by side, and write study.csv, study.json, study.md and plots. "
+        "Presets: " + "; ".join(f"{name}: {preset.title}" for name, preset in _STUDY_PRESETS.items()) + ". "
+        "Any other train option (--lr, --batch-size, --amp, ...) is passed to every run.",
+    )  # fmt: skip
+    p.add_argument("data_dir", nargs="?", metavar="DATA", help="dataset in ImageNet's layout (DATA/train, DATA/val); "
+                   "the smoke preset writes a generated one when left out")  # fmt: skip
+    p.add_argument("--preset", help="the paper's experiments: hypothesis1[-femto|-tiny|-small|-base], "
+                   "causal[-tiny|-small|-base], smoke")  # fmt: skip
+    p.add_argument("--models", nargs="+", help="models to compare (default: the preset's)")
+    p.add_argument("--recipe", help="'own': each model its authors' recipe (default); a recipe name: every model "
+                   "that one (the controlled comparison)")  # fmt: skip
+    p.add_argument("--seeds", type=_count(1), help="runs per model with seeds first-seed, first-seed+1, ... "
+                   "(mean and standard deviation; default 1)")  # fmt: skip
+    p.add_argument("--first-seed", type=int, default=42, help="the first run's seed")
+    p.add_argument("--epochs", type=_count(1), help="epochs of every run; warmup and cooldown shrink in proportion "
+                   "unless set (default: each recipe's)")  # fmt: skip
+    p.add_argument("--img-size", type=_count(1), help="training and validation input size (default 224)")
+    p.add_argument("--output", default="output/study", help="study folder (runs in OUTPUT/runs/)")
+    p.add_argument("--resume", choices=["auto"], help="continue the study in OUTPUT: finished runs are kept, the "
+                   "interrupted one resumes from its newest checkpoint")  # fmt: skip
+    p.add_argument("--jobs", type=_count(1), default=1, help="runs trained at the same time on this machine, "
+                   "each with its share of the cores")  # fmt: skip
+    p.add_argument("--bench-batch", type=_count(1), default=32, help="batch of the images/s measurement")
+    p.add_argument("--bench-repeats", type=_count(1), default=5, help="timed batches per model")
+    p.add_argument("--bench-precision", choices=["fp32", "bf16", "fp16"],
+                   help="precision of the images/s measurement (default: fp32 on a CPU, bf16 on a GPU)")
+    _add_config_options(p.add_argument_group("options of every run (train's; default: the recipe's)"),
+                        TrainConfig, skip=STUDY_SET, only_given=True)  # fmt: skip
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("validate", help="top-1/top-5 accuracy on DATA_DIR/<split>/<class>/<images> (ImageNet layout)")
     p.add_argument("data_dir", metavar="DATA_DIR")

@@ -33,11 +33,14 @@ def _series(rows: Sequence[dict[str, Any]], key: str) -> dict[str, tuple[list[fl
 
 
 def _plot_lines(ax, rows: Sequence[dict[str, Any]], key: str, ylabel: str) -> None:
+    positive = False
     for model, (xs, ys, note) in _series(rows, key).items():
         ax.plot(xs, ys, marker="o", label=model + note)
+        positive = positive or any(y > 0 for y in ys)
     ax.set_xlabel("input resolution (px)")
     ax.set_ylabel(ylabel)
-    ax.set_yscale("log")
+    if positive:  # a log axis needs a positive value (a model whose timed batches added no memory has none)
+        ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
 

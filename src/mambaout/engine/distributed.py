@@ -45,6 +45,11 @@ def setup(device: str | None = None) -> Distributed:
     return Distributed(rank, local_rank, world_size, chosen)
 
 
+def joined() -> bool:
+    """Whether this process is in a process group already."""
+    return dist.is_initialized()
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -112,11 +112,13 @@ class TrainStep:
 
 def fit(task: Task) -> FitResult:
     """Train `task` (every process of a torchrun job calls this)."""
+    joined = distributed.joined()  # a caller that holds the process group (a study's runs) keeps it
     env = distributed.setup(task.config.device)
     try:
         return _fit(task, env)
     finally:
-        distributed.teardown()
+        if not joined:
+            distributed.teardown()
 
 
 def _fit(task: Task, env: distributed.Distributed) -> FitResult:
