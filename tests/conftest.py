@@ -53,3 +53,13 @@ def cli_flags(options: dict) -> list[str]:
         else:
             flags += [flag, str(value)]
     return flags
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One thread for a module of tiny models: on a shared 2-core machine several OpenMP threads contend and wait on
+    each other (10-50x slower steps); subprocesses get the same through OMP_NUM_THREADS=1."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -28,13 +28,7 @@ TEST_MODELS = mambaout.list_models("*_test")
 ODD_SIZES = [(70, 100), (97, 45)]  # non-square, and not multiples of 16 or 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster than several contending for 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _twins(name: str, **kwargs) -> tuple[torch.nn.Module, DenseBackbone]:

@@ -20,13 +20,7 @@ TEST_MODELS = mambaout.list_models("*_test")
 SIZES = [(64, 96), (96, 64)]  # non-square, and multiples of what every family's raw model takes (32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster than several contending for 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _twins(name: str, **kwargs) -> tuple[torch.nn.Module, torch.nn.Module]:

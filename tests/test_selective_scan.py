@@ -18,13 +18,7 @@ needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
 FAST_BACKENDS = ["chunked", pytest.param("numba", marks=needs_numba)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # small shapes: one thread avoids oversubscription noise on 2-core CI machines
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(batch, dim, state, length, groups=None, dtype=torch.float32, dt_scale=0.5, extras=True):

@@ -16,13 +16,7 @@ FAMILIES = ["mambaout_test", "vmamba_test", "vmamba2_test", "vim_test", "deit_te
 SWIN_T_CHANNELS = [96, 192, 384, 768]  # MambaOut-T's and VMamba-T's stage widths
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: on a shared, loaded 2-core machine two OpenMP threads wait on each other (10-50x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _to_port(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -22,9 +22,10 @@ from .data.folder import DatasetError
 from .data.images import ImageReadError
 from .dense.detection_task import DetectionConfig
 from .dense.segmentation_task import SegmentationConfig
+from .engine.checkpointing import CheckpointWriteError
 from .engine.train_config import ConfigError, TrainConfig
 from .engine.validate import DeviceError
-from .errors import InputSizeError, TrainingDivergedError
+from .errors import DataLoaderWorkerError, InputSizeError, TrainingDivergedError, TrainingInterrupted
 from .registry import UnknownModelError, get_model_spec, list_models
 from .study import PRESETS as _STUDY_PRESETS
 from .study import StudyError
@@ -46,6 +47,9 @@ EXPECTED_ERRORS = (
     DeviceError,
     ConfigError,
     TrainingDivergedError,
+    TrainingInterrupted,
+    CheckpointWriteError,
+    DataLoaderWorkerError,
     ERFError,
     BenchmarkError,
     ExportError,
@@ -740,7 +744,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except EXPECTED_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
 
 
 if __name__ == "__main__":

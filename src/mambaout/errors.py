@@ -20,3 +20,16 @@ def check_patch_multiple(height: int, width: int, patch_size: int) -> None:
 
 class TrainingDivergedError(RuntimeError):
     """The training loss became NaN or infinite; the last checkpoint is kept as it was."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM or SIGUSR1 stopped a run after its current step and a checkpoint; `exit_code` is the shell's
+    convention for a process ended by that signal (128 + its number)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class DataLoaderWorkerError(RuntimeError):
+    """A data-loading worker process died (the out-of-memory killer, a crash in a decoder)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import pickle
@@ -25,6 +26,43 @@ SAFE_GLOBALS = [argparse.Namespace]
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read or does not fit the model."""
+
+
+# The key under which a checkpoint we write carries the checksum of the rest of its content: torch's zip reader
+# does not check its CRCs, so a flipped bit in a tensor would otherwise load silently.
+CHECKSUM_KEY = "content_sha256"
+
+
+def content_checksum(obj: Any) -> str:
+    """SHA-256 of a checkpoint's content (every tensor's dtype, shape and bytes, every other value's repr), walked
+    in order; a top-level `CHECKSUM_KEY` is left out."""
+    digest = hashlib.sha256()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+            if tensor.numel():
+                digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+        elif isinstance(value, dict):
+            digest.update(f"D{len(value)}".encode())
+            for key, item in value.items():
+                digest.update(repr(key).encode())
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"L{len(value)}".encode())
+            for item in value:
+                walk(item)
+        else:
+            digest.update(f"V{value!r}".encode())
+
+    walk({key: value for key, value in obj.items() if key != CHECKSUM_KEY} if isinstance(obj, dict) else obj)
+    return digest.hexdigest()
+
+
+def with_checksum(state: dict[str, Any]) -> dict[str, Any]:
+    """`state` with the checksum that `read_checkpoint` verifies."""
+    return {**state, CHECKSUM_KEY: content_checksum(state)}
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]]:
@@ -80,6 +118,11 @@ def _read_torch(path: Path) -> dict[str, Any]:
         ) from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a dict of tensors")
+    if CHECKSUM_KEY in obj and content_checksum(obj) != obj[CHECKSUM_KEY]:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is damaged: its content does not match the checksum written with it (a disk "
+            "or copy error); use an earlier checkpoint"
+        )
     return obj
 
 

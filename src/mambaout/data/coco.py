@@ -247,6 +247,8 @@ class CocoInstances(torch.utils.data.Dataset):
             image, target = self.images[index]
         except ImageReadError as e:
             return Skipped(e.path, e.reason)
+        except Exception as e:  # a transform failing on one image: skipped and listed, the engine counts these
+            return Skipped(self.path(index), f"{type(e).__name__}: {e}", in_transform=True)
         image = image.as_subclass(torch.Tensor)
         height, width = image.shape[-2:]
         if "boxes" in target:

@@ -10,8 +10,9 @@ given list of class names (the train split's, or a checkpoint's). Which files ar
 - other extensions (.heic, .avif, .gif, no extension) are ignored too, as ImageFolder does, but listed in
   `.ignored` and counted in one warning, since they may be images this reader does not take;
 - zero-byte image files are recorded in `.skipped` while scanning; files that fail to decode (not an image,
-  truncated, corrupt) are found when read: `__getitem__` returns a `Skipped` marker and `collate_skipping`
-  takes them out of the batch.
+  truncated, corrupt) are found when read: `__getitem__` returns a `Skipped` marker. In training the engine
+  replaces it by another sample (`data.training_stream`), so batches keep their size; in evaluation
+  `collate_skipping` takes it out of the batch.
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ class Skipped:
     path: str
     reason: str
     in_transform: bool = False  # read fine, but a (random) transform raised on it this time
+
+
+@dataclass(frozen=True)
+class Redrawn:
+    """A training sample that stands in for unusable ones (`data.training_stream`): `item` (None when no draw
+    gave a usable sample) and the failures it replaces, which are counted and listed like any `Skipped`."""
+
+    item: Any
+    failed: tuple[Skipped, ...]
 
 
 def _visible_entries(folder: Path) -> list[os.DirEntry]:
@@ -206,9 +216,19 @@ def _names(names: Sequence[str], limit: int = 20) -> str:
 
 
 def split_skipped(samples: Sequence[Any]) -> tuple[list[Any], list[Skipped]]:
-    """(readable samples, `Skipped` markers) of a batch of dataset items: what every task's collate starts with."""
-    skipped = [item for item in samples if isinstance(item, Skipped)]
-    return [item for item in samples if not isinstance(item, Skipped)], skipped
+    """(readable samples, `Skipped` markers) of a batch of dataset items: what every task's collate starts with.
+    A `Redrawn` item gives its stand-in sample and its failures."""
+    good: list[Any] = []
+    skipped: list[Skipped] = []
+    for item in samples:
+        if isinstance(item, Redrawn):
+            skipped.extend(item.failed)
+            item = item.item
+        if isinstance(item, Skipped):
+            skipped.append(item)
+        elif item is not None:
+            good.append(item)
+    return good, skipped
 
 
 def collate_skipping(batch: Sequence[tuple[Tensor, int] | Skipped]) -> tuple[Tensor, Tensor, list[Skipped]]:

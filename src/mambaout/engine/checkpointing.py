@@ -1,18 +1,24 @@
 """Training checkpoints: everything a run needs to continue exactly, written atomically, found again after a crash.
 
-The output folder holds `last.pth` (the newest epoch), `best.pth` (best validation metric) and up to
-`--checkpoint-hist` epoch files `checkpoint-<epoch>.pth`. Each is written to a temporary file, fsynced and renamed
-(checkpoints.atomic_write), so a run killed at any instant leaves the previous complete files in place and never a
-half-written file under a checkpoint's name. `--resume auto` loads the newest of them that reads back completely.
+The output folder holds `last.pth` (the newest state: an epoch's end, or every `--checkpoint-interval` steps
+within an epoch), `best.pth` (best validation metric) and up to `--checkpoint-hist` epoch files
+`checkpoint-<epoch>.pth`. Each is written to a temporary file, fsynced and renamed (checkpoints.atomic_write), so a
+run killed at any instant leaves the previous complete files in place and never a half-written file under a
+checkpoint's name, and each carries a checksum of its content that every read verifies. `--resume auto` loads the
+newest of them that reads back complete and verified, and says which it skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import random
 import re
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +26,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import CheckpointError, atomic_write, read_checkpoint
+from ..checkpoints.files import with_checksum
 
 log = logging.getLogger("mambaout")
 
@@ -55,6 +62,13 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (full disk, read-only or unwritable folder); earlier ones are intact."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 class CheckpointKeeper:
     """Writes last/best/history in one output folder (rank 0 only) and prunes the history to `keep` files."""
 
@@ -62,20 +76,71 @@ class CheckpointKeeper:
         self.directory = Path(directory)
         self.keep = keep
 
-    def save(self, state: dict[str, Any], epoch: int, is_best: bool) -> Path:
+    def save(self, state: dict[str, Any], epoch: int | None, is_best: bool = False) -> Path:
+        """last.pth, and for an epoch's end (`epoch` given) its history file and best.pth when `is_best`."""
+        state = with_checksum({"format": FORMAT, **state})
         last = self.directory / LAST
-        atomic_write(last, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
-        # copies, not hard links: damage to one file (a disk error, a truncation) must not reach the others
-        if self.keep > 0:
-            atomic_write(self.directory / f"checkpoint-{epoch}.pth", lambda tmp: shutil.copyfile(last, tmp))
-            self._prune()
-        if is_best:
-            atomic_write(self.directory / BEST, lambda tmp: shutil.copyfile(last, tmp))
+        with self._reported(state):
+            atomic_write(last, lambda tmp: torch.save(state, tmp))
+            # copies, not hard links: damage to one file (a disk error, a truncation) must not reach the others
+            if epoch is not None and self.keep > 0:
+                atomic_write(self.directory / f"checkpoint-{epoch}.pth", lambda tmp: shutil.copyfile(last, tmp))
+                self._prune()
+            if epoch is not None and is_best:
+                atomic_write(self.directory / BEST, lambda tmp: shutil.copyfile(last, tmp))
         return last
 
     def _prune(self) -> None:
         for _, path in epoch_files(self.directory)[self.keep :]:
             path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _reported(self, state: dict[str, Any]) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            raise CheckpointWriteError(e.errno, write_failure(self.directory, e, state_bytes(state)),
+                                       str(self.directory)) from e  # fmt: skip
+
+
+def state_bytes(state: Any) -> int:
+    """The bytes of the tensors in a checkpoint's state: about the size of its file."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(value) for value in state)
+    return 0
+
+
+def write_failure(directory: Path, error: OSError, needed: int) -> str:
+    """What failed, where, the space a checkpoint needs against the space left, and what to do."""
+    try:
+        free = f"{shutil.disk_usage(directory).free / 2**20:,.0f} MiB"
+    except OSError:
+        free = "unknown"
+    reason = error.strerror or errno.errorcode.get(error.errno or 0, type(error).__name__)
+    return (
+        f"cannot write a checkpoint in {directory}: {reason}. A checkpoint of this run takes about "
+        f"{needed / 2**20:,.0f} MiB (last.pth, and as much again for each history copy and best.pth); {free} free "
+        "there. The earlier checkpoints are intact: free space or make the folder writable (or choose another "
+        "--output), then continue with --resume auto"
+    )
+
+
+def check_writable(directory: Path) -> None:
+    """A run's output folder can be created and written, or CheckpointWriteError before any training."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise CheckpointWriteError(
+            e.errno, f"the output folder {directory} is not writable ({reason}): choose another --output, or make "
+            "it writable", str(directory)
+        ) from e  # fmt: skip
 
 
 def epoch_files(directory: Path) -> list[tuple[int, Path]]:
@@ -116,11 +181,16 @@ def find_resume_checkpoint(directory: str | os.PathLike) -> tuple[Path, dict[str
         except CheckpointError as e:
             log.warning("skipping %s: %s", path, e)
             continue
-        if newest is None or state["epoch"] > newest[1]["epoch"]:
+        if newest is None or resume_position(state) > resume_position(newest[1]):
             newest = (path, state)
-        if path.name == LAST:  # last.pth is written first every epoch: nothing older can be newer than it
+        if path.name == LAST:  # last.pth is written first every time: nothing older can be newer than it
             break
     return newest
+
+
+def resume_position(state: dict[str, Any]) -> tuple[int, int]:
+    """(the epoch a run resumed from `state` trains next, the optimizer steps of it already done)."""
+    return state["epoch"] + 1, state.get("step_in_epoch", 0)
 
 
 def has_checkpoints(directory: str | os.PathLike) -> bool:

@@ -87,6 +87,8 @@ class EngineConfig:
     output: str = option("output/train", "parent folder of the run folders")
     experiment: str | None = option(None, "run folder name (default: model and input size)")
     checkpoint_hist: int = option(10, "epoch checkpoints kept besides last and best")
+    checkpoint_interval: int = option(1000, "optimizer steps between the mid-epoch checkpoints that --resume auto "
+                                      "continues from exactly (last.pth; 0: at the end of each epoch only)")
     eval_metric: str = option("top1", "validation metric that picks best.pth")
     log_interval: int = option(50, "steps between log lines")
     seed: int = option(42, "random seed (each process adds its rank)")
@@ -111,6 +113,7 @@ class EngineConfig:
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.eval_metric in self.eval_metrics, f"--eval-metric must be one of {', '.join(self.eval_metrics)}"),
             (self.checkpoint_hist >= 0, "--checkpoint-hist must be 0 or more"),
+            (self.checkpoint_interval >= 0, "--checkpoint-interval must be 0 or more"),
             (self.workers >= 0, "--workers must be 0 or more"),
             (0 <= (self.drop_path or 0) < 1, "--drop-path must be in [0, 1)"),
             (0 <= self.transform_failure_limit <= 1, "--transform-failure-limit must be in [0, 1]"),
