@@ -131,8 +131,8 @@ def test_bad_options_fail_clearly(options, message):
 
 def test_cli_train_mode_and_errors(tmp_path, capsys):
     out = tmp_path / "train"
-    argv = ["benchmark", "--models", "mambaout_test", "--sizes", "32", "--mode", "train", "--precision", "bf16"]
-    assert main([*argv, "--repeats", "1", "--warmup", "1", "--threads", "1", "--out", str(out)]) == 0
+    argv = ["benchmark", "--models", "mambaout_test", "--img-size", "32", "--mode", "train", "--precision", "bf16"]
+    assert main([*argv, "--repeats", "1", "--warmup", "1", "--threads", "1", "--output", str(out)]) == 0
     data = json.loads((out / "results.json").read_text())
     (row,) = data["results"]
     assert row["status"] == "ok", row["message"]
@@ -141,9 +141,9 @@ def test_cli_train_mode_and_errors(tmp_path, capsys):
     assert row["effective_gflops"] == pytest.approx(6 * row["gmacs"] * row["images_per_s"], rel=1e-12)
     assert "mambaout_test" in capsys.readouterr().out
 
-    assert main(["benchmark", "--models", "nope_tiny", "--out", str(tmp_path / "x")]) == 2
+    assert main(["benchmark", "--models", "nope_tiny", "--output", str(tmp_path / "x")]) == 3
     assert "error: unknown model 'nope_tiny'" in capsys.readouterr().err
-    assert main(["benchmark", "--models", "mambaout_test", "--precision", "fp16", "--device", "tpu"]) == 2
+    assert main(["benchmark", "--models", "mambaout_test", "--precision", "fp16", "--device", "tpu"]) == 12
     assert "error: device must be cpu or cuda" in capsys.readouterr().err
 
 

@@ -50,21 +50,22 @@ def test_flops_scales_with_size_and_batch():
         return float(out.split("(")[-1].split()[0])
 
     base = total()
-    assert total("--batch", "3") == pytest.approx(3 * base, rel=1e-3)  # printed to 3 decimals
-    assert total("--size", "448", "448") == pytest.approx(4 * base, rel=0.02)
+    assert total("-b", "3") == pytest.approx(3 * base, rel=1e-3)  # printed to 3 decimals
+    assert total("--img-size", "448") == pytest.approx(4 * base, rel=0.02)
+    assert total("--img-size", "448", "224") == pytest.approx(2 * base, rel=0.02)
 
 
 @pytest.mark.parametrize("size", [("0", "224"), ("-5", "10")])
 def test_flops_bad_size_is_a_clear_error(size):
-    result = run("flops", "mambaout_femto", "--size", *size, check_ok=False)
+    result = run("flops", "mambaout_femto", "--img-size", *size, check_ok=False)
     assert result.returncode == 2
-    assert "error: input size and batch must be positive" in result.stderr
+    assert "argument --img-size: must be >= 1" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_unknown_model_names_the_closest_ones():
     result = run("flops", "mambaout_tinyy", check_ok=False)
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert "unknown model 'mambaout_tinyy'" in result.stderr and "mambaout_tiny" in result.stderr
 
 
@@ -149,7 +150,7 @@ def test_predict_refuses_a_checkpoint_that_would_run_code(tmp_path):
         timeout=300,
         env={**os.environ, "MARKER": str(marker)},
     )
-    assert result.returncode == 2
+    assert result.returncode == 4
     assert "refusing to load" in result.stderr and "could run code" in result.stderr
     assert not marker.exists()
 
@@ -171,7 +172,7 @@ def test_predict_pretrained_without_network_names_the_url_and_the_alternative(tm
         timeout=300,
         env=env,
     )
-    assert result.returncode == 2
+    assert result.returncode == 4
     assert "http://127.0.0.1:9/mambaout_femto.pth" in result.stderr
     assert "--checkpoint PATH" in result.stderr
 
@@ -183,3 +184,13 @@ def test_flops_transformer_equation_6():
     assert "(2+r)·D = 4608" in long and "quadratic term dominates" in long
     bad = run("flops", "--transformer", "--dim", "384", check_ok=False)
     assert bad.returncode == 2 and "--tokens L" in bad.stderr
+
+
+def test_old_spellings_warn_and_work_like_the_shared_flags(capsys):
+    from mambaout.cli import main
+
+    assert main(["flops", "mambaout_test", "--img-size", "64", "-b", "2"]) == 0
+    expected = capsys.readouterr().out
+    with pytest.warns(FutureWarning, match="--size is deprecated.*--img-size"):
+        assert main(["flops", "mambaout_test", "--size", "64", "64", "--batch", "2"]) == 0
+    assert capsys.readouterr().out == expected

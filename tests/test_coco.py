@@ -155,13 +155,13 @@ def test_a_malformed_annotation_file_fails_naming_it(tmp_path, capsys, content, 
     with pytest.raises(DatasetError, match=message) as error:
         CocoInstances(root, "train", training=True)
     assert str(path) in str(error.value)
-    assert main(["detect-train", str(root), "--backbone", "mambaout_test", "--workers", "0"]) == 2
+    assert main(["detect-train", str(root), "--backbone", "mambaout_test", "--workers", "0"]) == 5
     err = capsys.readouterr().err
     assert str(path) in err and message in err and "Traceback" not in err
 
 
 def test_a_missing_split_names_what_was_expected(tmp_path, capsys):
-    assert main(["detect-train", str(tmp_path), "--backbone", "mambaout_test"]) == 2
+    assert main(["detect-train", str(tmp_path), "--backbone", "mambaout_test"]) == 5
     assert "instances_train" in capsys.readouterr().err
 
 

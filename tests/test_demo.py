@@ -162,14 +162,14 @@ def test_refuses_remote_interfaces_and_says_how_to_get_a_model(tmp_path, monkeyp
     with pytest.raises(DemoError, match="--allow-remote"):
         check_host("0.0.0.0", False)
     monkeypatch.chdir(tmp_path)  # no quickstart_output here
-    assert main(["demo"]) == 2
+    assert main(["demo"]) == 12
     assert "make quickstart" in capsys.readouterr().err
-    assert main(["demo", "--host", "0.0.0.0"]) == 2
+    assert main(["demo", "--host", "0.0.0.0"]) == 12
 
 
 def test_misfit_checkpoint_fails_at_start(assets, capsys):
     misfit = str(assets["checkpoints"] / "misfit.safetensors")
-    assert main(["demo", "--model", "mambaout_test", "--checkpoint", misfit]) == 2
+    assert main(["demo", "--model", "mambaout_test", "--checkpoint", misfit]) == 4
     assert "does not fit" in capsys.readouterr().err
 
 

@@ -64,7 +64,7 @@ def test_a_short_run_lowers_the_loss_then_detect_eval_and_detect_work(data, tmp_
     assert {"last.pth", "best.pth", "args.yaml"} <= {p.name for p in out.iterdir()}
 
     checkpoint = str(out / "last.pth")
-    assert main(["detect-eval", str(data), "--checkpoint", checkpoint, "--workers", "0", "--out",
+    assert main(["detect-eval", str(data), "--checkpoint", checkpoint, "--workers", "0", "--output",
                  str(tmp_path / "eval"), "--json"]) == 0  # fmt: skip
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 4 and report["skipped"] == []
@@ -78,7 +78,7 @@ def test_a_short_run_lowers_the_loss_then_detect_eval_and_detect_work(data, tmp_
     assert "AP50" in capsys.readouterr().out
 
     image = data / "val" / "val_000001.jpg"
-    assert main(["detect", str(image), str(tmp_path / "missing.jpg"), "--checkpoint", checkpoint, "--out",
+    assert main(["detect", str(image), str(tmp_path / "missing.jpg"), "--checkpoint", checkpoint, "--output",
                  str(tmp_path / "drawn"), "--score-threshold", "0", "--json"]) == 1  # fmt: skip
     captured = capsys.readouterr()
     (listed,) = json.loads(captured.out)

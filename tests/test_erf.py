@@ -141,7 +141,7 @@ def test_save_erf_writes_a_png_and_the_raw_map(tmp_path):
 
 def test_cli_writes_the_heat_map(tmp_path, capsys, caplog):
     out = tmp_path / "erf.png"
-    assert main(["erf", "mambaout_test", "--size", "64", "64", "--num-images", "2", "--out", str(out)]) == 0
+    assert main(["erf", "mambaout_test", "--img-size", "64", "--num-images", "2", "--output", str(out)]) == 0
     assert out.read_bytes().startswith(PNG_SIGNATURE) and np.load(tmp_path / "erf.npy").shape == (64, 64)
     stdout = capsys.readouterr().out
     assert "2 generated images" in stdout and "20%" in stdout and "99%" in stdout
@@ -155,32 +155,32 @@ def test_cli_reads_a_folder_and_skips_unreadable_files(tmp_path, capsys, caplog)
         render("circle", k, 48).save(folder / f"good{k}.png")
     (folder / "broken.jpg").write_bytes(b"not an image at all")
     out = tmp_path / "erf.png"
-    assert main(["erf", "mambaout_test", "--images", str(folder), "--size", "64", "64", "--out", str(out)]) == 0
+    assert main(["erf", "mambaout_test", "--images", str(folder), "--img-size", "64", "--output", str(out)]) == 0
     assert out.is_file()
     assert f"2 images from {folder}" in capsys.readouterr().out
     assert "broken.jpg" in caplog.text
 
 
 @pytest.mark.parametrize(
-    "setup, args, message",
-    [
-        ("empty", [], "holds no files"),
-        ("corrupt", [], "none of the 2 files"),
-        ("missing", [], "no such folder"),
-        (None, ["--stage", "4"], "stage 4 is out of range"),
-        (None, ["--out", "erf.jpg"], "must be a .png"),
+    "setup, args, message, status",
+    [  # exit status: 12 an ERF error, 2 a file that is not there
+        ("empty", [], "holds no files", 12),
+        ("corrupt", [], "none of the 2 files", 12),
+        ("missing", [], "no such folder", 2),
+        (None, ["--stage", "4"], "stage 4 is out of range", 12),
+        (None, ["--output", "erf.jpg"], "must be a .png", 12),
     ],
 )
-def test_cli_bad_input_is_a_clear_error(tmp_path, capsys, setup, args, message):
+def test_cli_bad_input_is_a_clear_error(tmp_path, capsys, setup, args, message, status):
     folder = tmp_path / "images"
     if setup in ("empty", "corrupt"):
         folder.mkdir()
     if setup == "corrupt":
         (folder / "a.png").write_bytes(b"")
         (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    argv = ["erf", "mambaout_test", "--size", "64", "64", "--num-images", "1", "--out", str(tmp_path / "erf.png")]
+    argv = ["erf", "mambaout_test", "--img-size", "64", "--num-images", "1", "--output", str(tmp_path / "erf.png")]
     argv += ["--images", str(folder)] if setup else []
-    assert main(argv + args) == 2
+    assert main(argv + args) == status
     err = capsys.readouterr().err
     assert err.startswith("error:") or "\nerror:" in err
     assert message in err
@@ -188,5 +188,5 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, capsys, setup, args, message):
 
 
 def test_cli_token_model_size_must_be_whole_patches(tmp_path, capsys):
-    assert main(["erf", "vim_test", "--size", "40", "40", "--num-images", "1", "--out", str(tmp_path / "e.png")]) == 2
+    assert main(["erf", "vim_test", "--img-size", "40", "--num-images", "1", "--output", str(tmp_path / "e.png")]) == 6
     assert "divisible by its patch size 16" in capsys.readouterr().err

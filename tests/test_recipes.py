@@ -243,7 +243,7 @@ def test_recipes_command_table_json_and_yaml_that_train_reads_back(capsys, tmp_p
     options = read_config_file(path)
     config = TrainConfig(model="deit_tiny_causal", **options)
     assert config.recipe == "deit_tiny" and not config.recipe_report.overrides
-    assert main(["recipes", "vmamba_smal"]) == 2
+    assert main(["recipes", "vmamba_smal"]) == 3
     assert "Closest: vmamba_small" in capsys.readouterr().err
 
 

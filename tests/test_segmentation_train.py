@@ -103,7 +103,7 @@ def test_a_short_run_lowers_the_loss_then_segment_eval_and_segment_work(data, tm
     assert "mIoU" in capsys.readouterr().out
 
     image = next((data / "images" / "validation").iterdir())
-    assert main(["segment", str(image), "--checkpoint", checkpoint, "--out", str(tmp_path / "pred")]) == 0
+    assert main(["segment", str(image), "--checkpoint", checkpoint, "--output", str(tmp_path / "pred")]) == 0
     labels = Image.open(tmp_path / "pred" / f"{image.stem}_labels.png")
     overlay = Image.open(tmp_path / "pred" / f"{image.stem}_overlay.png")
     assert labels.mode == "P" and labels.size == overlay.size == Image.open(image).size
@@ -182,9 +182,9 @@ def test_bad_files_are_skipped_and_listed(tmp_path):
 
 
 def test_bad_options_and_data_fail_clearly(data, tmp_path, capsys):
-    assert main(["segment-train", str(tmp_path / "missing"), "--backbone", "mambaout_test"]) == 2
+    assert main(["segment-train", str(tmp_path / "missing"), "--backbone", "mambaout_test"]) == 5
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="--eval-mode"):
         SegmentationConfig(data_dir=str(data), eval_mode="tiles")
-    assert main(["segment-eval", str(data), "--checkpoint", str(tmp_path / "none.pth")]) == 2
+    assert main(["segment-eval", str(data), "--checkpoint", str(tmp_path / "none.pth")]) == 4
     assert "error:" in capsys.readouterr().err

@@ -237,7 +237,7 @@ def test_config_file_sets_defaults_and_flags_win(shapes, tmp_path, capsys):
 def test_bad_options_fail_clearly(shapes, tmp_path, capsys):
     assert main(["train", str(shapes), "--model", "mambaout_tiniest", "--output", str(tmp_path)]) == 2
     assert "mambaout_tiny" in capsys.readouterr().err
-    assert main(["train", str(tmp_path / "nowhere"), "--model", "mambaout_test", "--output", str(tmp_path)]) == 2
+    assert main(["train", str(tmp_path / "nowhere"), "--model", "mambaout_test", "--output", str(tmp_path)]) == 5
     assert "nowhere" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="even"):
         train(TrainConfig(data_dir=str(shapes), output=str(tmp_path), **dict(QUICK, no_aug=False, batch_size=7)))

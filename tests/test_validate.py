@@ -218,13 +218,13 @@ def test_cli_prints_the_numbers(checkpoint, colours, capsys):
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--model", "mambaout_tesst"], "unknown model 'mambaout_tesst'"),
-        (["--model", "mambaout_test", "--split", "valid"], "no 'valid' split in"),
+    ("args", "message", "status"),
+    [  # exit status: 3 an unknown name, 5 bad data
+        (["--model", "mambaout_tesst"], "unknown model 'mambaout_tesst'", 3),
+        (["--model", "mambaout_test", "--split", "valid"], "no 'valid' split in", 5),
     ],
 )
-def test_cli_bad_input_is_a_one_line_error(colours, capsys, args, message):
-    assert main(["validate", str(colours), *args, "--workers", "0"]) == 2
+def test_cli_bad_input_is_a_one_line_error(colours, capsys, args, message, status):
+    assert main(["validate", str(colours), *args, "--workers", "0"]) == status
     err = capsys.readouterr().err
     assert f"error: {message}" in err and "Traceback" not in err

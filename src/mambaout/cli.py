@@ -8,55 +8,34 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import torch
-
-from .analysis.benchmark import BenchmarkError
-from .analysis.erf import ERFError
 from .analysis.flops import model_flops
 from .analysis.transformer_flops import transformer_block_flops
-from .apps.demo import DemoError
-from .apps.export import ExportError
-from .apps.onnx_predict import OnnxModelError
-from .checkpoints import CheckpointError
-from .data.folder import DatasetError
-from .data.images import ImageReadError
+from .cli_options import (
+    add_batch_size,
+    add_device,
+    add_img_size,
+    add_output,
+    add_weights,
+    add_workers,
+    count,
+    deprecated_action,
+    resolved_device,
+)
 from .dense.detection_task import DetectionConfig
 from .dense.segmentation_task import SegmentationConfig
-from .engine.checkpointing import CheckpointWriteError
 from .engine.train_config import ConfigError, TrainConfig
-from .engine.validate import DeviceError
-from .errors import DataLoaderWorkerError, InputSizeError, TrainingDivergedError, TrainingInterrupted
-from .registry import UnknownModelError, get_model_spec, list_models
+from .errors import MambaoutError
+from .registry import get_model_spec, list_models
 from .study import PRESETS as _STUDY_PRESETS
-from .study import StudyError
 from .study.plan import STUDY_SET
 
 
-class UsageError(ValueError):
+class UsageError(MambaoutError, ValueError):
     """Options that do not go together."""
 
 
-EXPECTED_ERRORS = (
-    UnknownModelError,
-    CheckpointError,
-    InputSizeError,
-    ImageReadError,
-    FileNotFoundError,
-    UsageError,
-    DatasetError,
-    DeviceError,
-    ConfigError,
-    TrainingDivergedError,
-    TrainingInterrupted,
-    CheckpointWriteError,
-    DataLoaderWorkerError,
-    ERFError,
-    BenchmarkError,
-    ExportError,
-    OnnxModelError,
-    DemoError,
-    StudyError,
-)
+# errors of the package (each with its exit status, `errors.py`) and of the user's files: a message, no traceback
+EXPECTED_ERRORS = (MambaoutError, FileNotFoundError)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -125,7 +104,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise UsageError("flops needs a MODEL (or --transformer --dim D --tokens L)")
-    print(model_flops(args.model, size=tuple(args.size), batch=args.batch).format())
+    print(model_flops(args.model, size=args.img_size, batch=args.batch_size).format())
     return 0
 
 
@@ -147,8 +126,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.images,
         topk=args.topk,
         batch_size=args.batch_size,
-        device=args.device,
-        input_size=tuple(args.size) if args.size else None,
+        device=resolved_device(args.device),
+        input_size=args.img_size,
         precision=args.precision,
         channels_last={"auto": "auto", "on": True, "off": False}[args.channels_last],
         fold_norms=not args.no_fold_norms,
@@ -267,7 +246,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         split=args.split,
         workers=args.workers,
         device=args.device,
-        input_size=tuple(args.size) if args.size else None,
+        input_size=args.img_size,
         use_ema=args.use_ema,
         precision=args.precision,
         channels_last=args.channels_last,
@@ -277,16 +256,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         print(f"{args.model} on {args.data_dir} ({args.split}): {result.format()}")
     return 0
-
-
-def _count(minimum: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def cmd_erf(args: argparse.Namespace) -> int:
@@ -300,12 +269,12 @@ def cmd_erf(args: argparse.Namespace) -> int:
     model = create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, use_ema=args.use_ema)
     report = save_erf(
         model,
-        args.out or f"erf_{args.model}.png",
+        args.output or f"erf_{args.model}.png",
         images=args.images,
-        size=tuple(args.size) if args.size else None,
+        size=args.img_size,
         num_images=args.num_images,
         stage=args.stage,
-        device=args.device,
+        device=resolved_device(args.device),
     )
     print(report.format())
     return 0
@@ -314,13 +283,15 @@ def cmd_erf(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from .analysis.benchmark import format_table, run_benchmark
 
+    if args.img_size and args.sizes:
+        raise UsageError("give --img-size (one input) or --sizes (a sweep of squares), not both")
     result = run_benchmark(
         args.models,
-        args.sizes,
-        batch=args.batch,
+        [args.img_size] if args.img_size else args.sizes or [224],
+        batch=args.batch_size,
         precision=args.precision,
         mode=args.mode,
-        device=args.device,
+        device=resolved_device(args.device),
         channels_last=args.channels_last,
         compile=args.compile,
         repeats=args.repeats,
@@ -329,7 +300,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         scan_backend=args.scan_backend,
         threads=args.threads,
         memory_limit_mb=args.memory_limit,
-        out=args.out,
+        out=args.output,
     )
     print(format_table(result))
     print("wrote " + ", ".join(str(path) for path in result.files))
@@ -339,7 +310,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_segment_data(args: argparse.Namespace) -> int:
     from .data.synthetic_segmentation import write_segmentation_dataset
 
-    root = write_segmentation_dataset(args.out, args.train_images, args.val_images, tuple(args.size), args.seed)
+    height, width = args.img_size
+    root = write_segmentation_dataset(args.out, args.train_images, args.val_images, (width, height), args.seed)
     print(f"wrote a generated dataset in ADE20K's layout to {root}; train on it with e.g.\n"
           f"  mambaout segment-train {root} --backbone mambaout_femto --iterations 200 --iters-per-epoch 100 "
           "--warmup-iters 20 -b 8 --lr 1e-3 --img-scale 128 64 --crop-size 64 --channels 128 "
@@ -379,7 +351,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     model, meta = load_segmenter(args.checkpoint, use_ema=args.use_ema)
     settings = InferenceSettings(args.mode, tuple(meta["img_scale"]), MULTI_SCALE_RATIOS if args.multi_scale else
                                  (1.0,), args.flip, meta["crop_size"], meta["stride"])  # fmt: skip
-    done, errors = segment_files(model, args.images, args.out, meta["class_names"], settings, args.device)
+    done, errors = segment_files(model, args.images, args.output, meta["class_names"], settings, args.device)
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     for item in done:
@@ -391,7 +363,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_detect_data(args: argparse.Namespace) -> int:
     from .data.synthetic_coco import write_coco_dataset
 
-    root = write_coco_dataset(args.out, args.train_images, args.val_images, tuple(args.size), args.seed)
+    height, width = args.img_size
+    root = write_coco_dataset(args.out, args.train_images, args.val_images, (width, height), args.seed)
     print(f"wrote a generated instance-segmentation dataset in COCO's format to {root}; train on it with e.g.\n"
           f"  mambaout detect-train {root} --backbone mambaout_femto --img-scale 128 96 -b 4 --lr 4e-4 "
           "--warmup-iters 10 --epochs 6 --lr-steps 4 5 --fpn-channels 64 --box-head-dim 256 --mask-head-channels 64 "
@@ -412,7 +385,7 @@ def cmd_detect_train(args: argparse.Namespace) -> int:
 def cmd_detect_eval(args: argparse.Namespace) -> int:
     from .dense.detection_task import evaluate_checkpoint
 
-    report = evaluate_checkpoint(args.data_dir, args.checkpoint, split=args.split, out=args.out, device=args.device,
+    report = evaluate_checkpoint(args.data_dir, args.checkpoint, split=args.split, out=args.output, device=args.device,
                                  workers=args.workers, batch_size=args.batch_size, amp=args.amp,
                                  use_ema=args.use_ema)  # fmt: skip
     if args.json:
@@ -428,7 +401,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from .dense.detection import load_detector
 
     model, meta = load_detector(args.checkpoint, use_ema=args.use_ema, box_score_thresh=args.score_threshold)
-    done, errors = detect_files(model, args.images, meta["class_names"], args.out, args.score_threshold, args.device)
+    done, errors = detect_files(model, args.images, meta["class_names"], args.output, args.score_threshold,
+                                args.device)  # fmt: skip
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     if args.json:
@@ -466,8 +440,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not (args.checkpoint or args.pretrained):
         logging.getLogger("mambaout").warning("no --checkpoint or --pretrained: exporting random weights")
     model = create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
-    report = export_model(model, args.format, args.output, tuple(args.size) if args.size else None,
-                          dynamic_batch=args.dynamic_batch, verify_output=not args.no_verify)  # fmt: skip
+    report = export_model(model, args.format, args.output, args.img_size, dynamic_batch=not args.fixed_batch,
+                          verify_output=not args.no_verify)  # fmt: skip
     print(report.format_lines())
     return 0
 
@@ -477,7 +451,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     launch_demo(model=args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, host=args.host,
                port=args.port, checkpoint_dir=args.checkpoint_dir, share_host=args.allow_remote,
-               input_size=tuple(args.size) if args.size else None)  # fmt: skip
+               input_size=args.img_size)  # fmt: skip
     return 0
 
 
@@ -485,7 +459,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from .apps.quickstart import run_quickstart
 
     changes = {"epochs": args.epochs} if args.epochs else {}
-    print(run_quickstart(args.out, **changes).format())
+    print(run_quickstart(args.output, **changes).format())
     return 0
 
 
@@ -494,6 +468,7 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     config_defaults = config_defaults or {}
     parser = argparse.ArgumentParser(prog="mambaout", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not only its message")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("models", help="list registered models with published params, MACs, top-1, weights")
@@ -516,22 +491,19 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     p.add_argument("--dim", type=int, help="with --transformer: the token width D")
     p.add_argument("--tokens", type=int, help="with --transformer: the sequence length L")
     p.add_argument("--mlp-ratio", type=float, default=4.0)
-    p.add_argument("--size", nargs=2, type=int, default=(224, 224), metavar=("H", "W"))
-    p.add_argument("--batch", type=int, default=1)
+    add_img_size(p, "input size: one number (square) or H W", default=(224, 224))
+    add_batch_size(p, 1, old="--batch")
     p.set_defaults(func=cmd_flops)
 
     p = sub.add_parser("predict", help="top-k classes for image files")
     p.add_argument("model", help="registered model name (with --onnx: the first image)")
     p.add_argument("images", nargs="*")
     p.add_argument("--onnx", metavar="FILE", help="predict with an exported ONNX file on ONNX Runtime (no MODEL)")
-    weights = p.add_mutually_exclusive_group()
-    weights.add_argument("--checkpoint", help="weights file (.pth/.pt/.bin/.safetensors, official or ours)")
-    weights.add_argument("--pretrained", action="store_true", help="the release weights (downloaded once)")
-    p.add_argument("--use-ema", action="store_true", default=None, help="take the EMA weights of a training checkpoint")
+    add_weights(p)
     p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: the model's)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_batch_size(p, 16)
+    add_img_size(p)
+    add_device(p)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="autocast; auto: bf16 on GPUs and on CPUs with AVX512-BF16/AMX, else fp32")  # fmt: skip
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
@@ -559,19 +531,19 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     p.add_argument("--models", nargs="+", help="models to compare (default: the preset's)")
     p.add_argument("--recipe", help="'own': each model its authors' recipe (default); a recipe name: every model "
                    "that one (the controlled comparison)")  # fmt: skip
-    p.add_argument("--seeds", type=_count(1), help="runs per model with seeds first-seed, first-seed+1, ... "
+    p.add_argument("--seeds", type=count(1), help="runs per model with seeds first-seed, first-seed+1, ... "
                    "(mean and standard deviation; default 1)")  # fmt: skip
     p.add_argument("--first-seed", type=int, default=42, help="the first run's seed")
-    p.add_argument("--epochs", type=_count(1), help="epochs of every run; warmup and cooldown shrink in proportion "
+    p.add_argument("--epochs", type=count(1), help="epochs of every run; warmup and cooldown shrink in proportion "
                    "unless set (default: each recipe's)")  # fmt: skip
-    p.add_argument("--img-size", type=_count(1), help="training and validation input size (default 224)")
+    p.add_argument("--img-size", type=count(1), help="training and validation input size (default 224)")
     p.add_argument("--output", default="output/study", help="study folder (runs in OUTPUT/runs/)")
     p.add_argument("--resume", choices=["auto"], help="continue the study in OUTPUT: finished runs are kept, the "
                    "interrupted one resumes from its newest checkpoint")  # fmt: skip
-    p.add_argument("--jobs", type=_count(1), default=1, help="runs trained at the same time on this machine, "
+    p.add_argument("--jobs", type=count(1), default=1, help="runs trained at the same time on this machine, "
                    "each with its share of the cores")  # fmt: skip
-    p.add_argument("--bench-batch", type=_count(1), default=32, help="batch of the images/s measurement")
-    p.add_argument("--bench-repeats", type=_count(1), default=5, help="timed batches per model")
+    p.add_argument("--bench-batch", type=count(1), default=32, help="batch of the images/s measurement")
+    p.add_argument("--bench-repeats", type=count(1), default=5, help="timed batches per model")
     p.add_argument("--bench-precision", choices=["fp32", "bf16", "fp16"],
                    help="precision of the images/s measurement (default: fp32 on a CPU, bf16 on a GPU)")
     _add_config_options(p.add_argument_group("options of every run (train's; default: the recipe's)"),
@@ -581,15 +553,12 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     p = sub.add_parser("validate", help="top-1/top-5 accuracy on DATA_DIR/<split>/<class>/<images> (ImageNet layout)")
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("--model", required=True, help="registered model name (see `mambaout models`)")
-    weights = p.add_mutually_exclusive_group()
-    weights.add_argument("--checkpoint", help="weights file (.pth/.pt/.bin/.safetensors, official or ours)")
-    weights.add_argument("--pretrained", action="store_true", help="the release weights (downloaded once)")
-    p.add_argument("--use-ema", action="store_true", default=None, help="take the EMA weights of a training checkpoint")
-    p.add_argument("-b", "--batch-size", type=_count(1), default=64)
+    add_weights(p)
+    add_batch_size(p, 64)
     p.add_argument("--split", default="val", help="the folder under DATA_DIR to evaluate")
-    p.add_argument("--workers", type=_count(0), default=4, help="data loading processes")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)")
-    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: the model's)")
+    add_workers(p, 4)
+    add_device(p)
+    add_img_size(p)
     p.add_argument("--precision", choices=["fp32", "auto", "bf16", "fp16"], default="fp32",
                    help="fp32 (default) reproduces published accuracy; auto: bf16 where supported")  # fmt: skip
     p.add_argument("--channels-last", action="store_true")
@@ -598,71 +567,69 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
 
     p = sub.add_parser("erf", help="effective receptive field heat map (RepLKNet's method) as PNG + .npy")
     p.add_argument("model")
-    weights = p.add_mutually_exclusive_group()
-    weights.add_argument("--checkpoint", help="weights file (.pth/.pt/.bin/.safetensors, official or ours)")
-    weights.add_argument("--pretrained", action="store_true", help="the release weights (downloaded once)")
-    p.add_argument("--use-ema", action="store_true", default=None, help="take the EMA weights of a training checkpoint")
+    add_weights(p)
     p.add_argument("--images", metavar="DIR", help="folder of images (default: generated ones)")
-    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: the model's)")
-    p.add_argument("--num-images", type=_count(1), default=50, metavar="N", help="images to average over")
+    add_img_size(p)
+    p.add_argument("--num-images", type=count(1), default=50, metavar="N", help="images to average over")
     p.add_argument("--stage", type=int, default=-1, metavar="INDEX", help="feature map (stage, or block of DeiT/Vim)")
-    p.add_argument("--out", metavar="FILE.png", help="heat map path; the raw map goes beside it as .npy")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_output(p, None, "heat map path (FILE.png; default erf_MODEL.png); the raw map goes beside it as .npy",
+               old=True)  # fmt: skip
+    add_device(p)
     p.set_defaults(func=cmd_erf)
 
     p = sub.add_parser("benchmark", help="images/s, latency and peak memory per model and size, side by side")
     p.add_argument("--models", nargs="+", required=True, help="registered names, or timm:<name> for timm baselines")
-    p.add_argument("--sizes", nargs="+", type=_count(1), default=[224], metavar="SIZE", help="square input sides")
-    p.add_argument("--batch", type=_count(1), default=1)
+    add_img_size(p, "input size: one number (square) or H W (default 224)")
+    p.add_argument("--sizes", nargs="+", type=count(1), metavar="SIZE", help="a sweep of square input sides")
+    add_batch_size(p, 1, old="--batch")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--mode", choices=["infer", "train"], default="infer", help="train: forward, backward, AdamW step")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device(p)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (compilation is in the warm-up)")
-    p.add_argument("--repeats", type=_count(1), default=5, help="timed batches per case (median, min/max, IQR)")
-    p.add_argument("--warmup", type=_count(0), default=2, help="untimed batches first")
+    p.add_argument("--repeats", type=count(1), default=5, help="timed batches per case (median, min/max, IQR)")
+    p.add_argument("--warmup", type=count(0), default=2, help="untimed batches first")
     p.add_argument("--timeout", type=float, default=600, metavar="S", help="seconds per case before it is killed")
-    p.add_argument("--threads", type=_count(1), help="CPU threads (default: torch's, one per core)")
+    p.add_argument("--threads", type=count(1), help="CPU threads (default: torch's, one per core)")
     p.add_argument("--scan-backend", default="auto", help="selective-scan backend of the SSM models")
     p.add_argument("--memory-limit", type=float, metavar="MB", help="most memory a case may add (emulates less)")
-    p.add_argument("--out", default="benchmark_results", help="folder for results.json, results.csv and PNGs")
+    add_output(p, "benchmark_results", "folder for results.json, results.csv and PNGs", old=True)
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("export", help="ONNX (dynamo exporter) or torch.export .pt2 file, verified against eager")
     p.add_argument("model")
-    weights = p.add_mutually_exclusive_group()
-    weights.add_argument("--checkpoint", help="weights file (.pth/.pt/.bin/.safetensors, official or ours)")
-    weights.add_argument("--pretrained", action="store_true", help="the release weights (downloaded once)")
+    add_weights(p, ema=False)
     p.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
-    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: the model's)")
-    p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: batch 1)")
-    p.add_argument("--output", help="file to write (default: MODEL_HxW.FORMAT)")
+    add_img_size(p)
+    p.add_argument("--fixed-batch", action="store_true", help="pin the batch to 1 (default: any batch size, as "
+                   "timm's onnx_export.py)")
+    p.add_argument("--dynamic-batch", action=deprecated_action("the default (a dynamic batch)", "store_true"),
+                   help=argparse.SUPPRESS)
+    add_output(p, None, "file to write (default: MODEL_HxW.FORMAT)")
     p.add_argument("--no-verify", action="store_true", help="skip running the file against eager PyTorch")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="gradio web demo (default: the model `make quickstart` trains), on 127.0.0.1")
     p.add_argument("--model", help="registered model name (default: the quickstart checkpoint's)")
-    weights = p.add_mutually_exclusive_group()
-    weights.add_argument("--checkpoint", help="weights file (default: quickstart_output's best.pth)")
-    weights.add_argument("--pretrained", action="store_true", help="the release weights (downloaded once)")
+    add_weights(p, ema=False, checkpoint_help="weights file (default: quickstart_output's best.pth)")
     p.add_argument("--checkpoint-dir", help="folder whose checkpoints the model picker offers (default: quickstart's)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (others need --allow-remote)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--allow-remote", action="store_true", help="allow --host to be an interface other machines reach")
-    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
-                   help="input size (default: the training run's img_size from args.yaml, else the model's)")
+    add_img_size(p, "input size: one number (square) or H W (default: the training run's img_size from "
+                 "args.yaml, else the model's)")  # fmt: skip
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("quickstart", help="generate a dataset, train a small MambaOut on it, validate, predict")
-    p.add_argument("--out", default="quickstart_output", help="folder for the data, checkpoints and logs")
+    add_output(p, "quickstart_output", "folder for the data, checkpoints and logs", old=True)
     p.add_argument("--epochs", type=int, help="training epochs (default: configs/quickstart.yaml's)")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("segment-data", help="write a generated segmentation dataset in ADE20K's layout")
     p.add_argument("out", help="folder to write (images/, annotations/, classes.txt)")
-    p.add_argument("--train-images", type=_count(1), default=64)
-    p.add_argument("--val-images", type=_count(1), default=16)
-    p.add_argument("--size", nargs=2, type=_count(8), default=(96, 64), metavar=("W", "H"))
+    p.add_argument("--train-images", type=count(1), default=64)
+    p.add_argument("--val-images", type=count(1), default=16)
+    add_img_size(p, "image size: one number (square) or H W", default=(64, 96), old_width_first=True)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_segment_data)
 
@@ -676,26 +643,26 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
         if name == "segment-eval":
             p.add_argument("data_dir", metavar="DATA_DIR")
             p.add_argument("--split", help="split to evaluate (default: validation / val)")
-            p.add_argument("--workers", type=_count(0), default=2, help="data loading processes")
+            add_workers(p, 2)
             p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast precision (default: fp32)")
             p.add_argument("--json", action="store_true")
             p.set_defaults(func=cmd_segment_eval)
         else:
             p.add_argument("images", nargs="+")
-            p.add_argument("--out", default="segment_output", help="folder for <image>_labels.png, <image>_overlay.png")
+            add_output(p, "segment_output", "folder for <image>_labels.png, <image>_overlay.png", old=True)
             p.set_defaults(func=cmd_segment)
         p.add_argument("--checkpoint", required=True, help="a segment-train checkpoint (last.pth, best.pth)")
         p.add_argument("--use-ema", action="store_true", help="the checkpoint's EMA weights")
         p.add_argument("--mode", choices=["whole", "slide"], default="whole", help="whole image or sliding window")
         p.add_argument("--multi-scale", action="store_true", help="ratios 0.5-1.75 of the test scale, averaged")
         p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
-        p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the GPU if there is one)")
+        add_device(p)
 
     p = sub.add_parser("detect-data", help="write a generated instance-segmentation dataset in COCO's format")
     p.add_argument("out", help="folder to write (annotations/instances_{train,val}.json, train/, val/)")
-    p.add_argument("--train-images", type=_count(1), default=32)
-    p.add_argument("--val-images", type=_count(1), default=8)
-    p.add_argument("--size", nargs=2, type=_count(16), default=(128, 96), metavar=("W", "H"))
+    p.add_argument("--train-images", type=count(1), default=32)
+    p.add_argument("--val-images", type=count(1), default=8)
+    add_img_size(p, "image size: one number (square) or H W", default=(96, 128), old_width_first=True)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_detect_data)
 
@@ -706,23 +673,23 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     p = sub.add_parser("detect-eval", help="COCO box/mask AP of a detect-train checkpoint (torchrun: many processes)")
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("--split", help="split to evaluate (default: val2017, else val)")
-    p.add_argument("--out", help="folder for results.bbox.json, results.segm.json (COCO's format), metrics.json")
-    p.add_argument("--workers", type=_count(0), default=2, help="data loading processes")
-    p.add_argument("-b", "--batch-size", type=_count(1), default=2, help="images per batch and process")
+    add_output(p, None, "folder for results.bbox.json, results.segm.json (COCO's format), metrics.json", old=True)
+    add_workers(p, 2)
+    add_batch_size(p, 2, "images per batch and process")
     p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast precision (default: fp32)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_detect_eval)
 
     p = sub.add_parser("detect", help="draw the boxes, masks and labels a detect-train checkpoint finds in images")
     p.add_argument("images", nargs="+")
-    p.add_argument("--out", default="detect_output", help="folder for <image>_detections.png")
+    add_output(p, "detect_output", "folder for <image>_detections.png", old=True)
     p.add_argument("--score-threshold", type=float, default=0.5, help="lowest score drawn and listed")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_detect)
     for p in (sub.choices["detect-eval"], sub.choices["detect"]):
         p.add_argument("--checkpoint", required=True, help="a detect-train checkpoint (last.pth, best.pth)")
         p.add_argument("--use-ema", action="store_true", help="the checkpoint's EMA weights")
-        p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the GPU if there is one)")
+        add_device(p)
     return parser
 
 
@@ -736,13 +703,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser({args.command: defaults}).parse_args(argv)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
-            return 2
+            return e.exit_code
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr
     )
     try:
         return args.func(args)
     except EXPECTED_ERRORS as e:
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)
 

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from ._lookup import lookup
+from .errors import MambaoutError
 from .recipes import DenseSettings, Fallback, Recipe, get_recipe, register_recipe
 
 StateDict = dict[str, Any]
@@ -54,7 +55,9 @@ class ModelSpec:
     dense: DenseSettings = field(default_factory=DenseSettings)
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(MambaoutError, KeyError):
+    exit_code = 3
+
     def __str__(self) -> str:  # KeyError would print the message with quotes
         return str(self.args[0])
 

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ..engine.inference import PRECISIONS
-from ..errors import InputSizeError
+from ..errors import InputSizeError, MambaoutError
 from ..ops.selective_scan import BACKENDS
 from ..registry import UnknownModelError, get_model_spec
 from .benchmark_case import MODES, TIMM_PREFIX, Case, build_model, matmul_peak_gflops, run_case
@@ -44,8 +44,10 @@ COLUMNS = (
 )  # fmt: skip
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(MambaoutError, ValueError):
     """Benchmark options that cannot run."""
+
+    exit_code = 12
 
 
 @dataclass

@@ -28,15 +28,17 @@ from tqdm import tqdm
 from ..data.images import ImageReadError, open_rgb
 from ..data.synthetic import CLASSES, render
 from ..engine.predict import eval_transform
-from ..errors import InputSizeError, check_input_size
+from ..errors import InputSizeError, MambaoutError, check_input_size
 
 logger = logging.getLogger("mambaout")
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)  # RepLKNet reports the area holding 20%, 30%, 50% and 99% of the contribution
 
 
-class ERFError(ValueError):
+class ERFError(MambaoutError, ValueError):
     """An ERF request that cannot be carried out (bad stage, no usable images, wrong output name)."""
+
+    exit_code = 12
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from ..checkpoints import CheckpointError, atomic_write, read_checkpoint
 from ..data.images import ImageReadError, open_rgb
 from ..engine.inference import InferenceModel, prepare_for_inference
 from ..engine.predict import class_names, eval_transform
-from ..errors import InputSizeError
+from ..errors import InputSizeError, MambaoutError
 from ..registry import UnknownModelError, get_model_spec, list_models
 
 log = logging.getLogger("mambaout")
@@ -54,8 +54,10 @@ SHOWN_IMAGES_KEPT = 512  # crops and saliency maps kept on disk for pages to fet
 SHOWN_IMAGE_MIN_AGE_S = 600  # never remove an image younger than this: a page may not have fetched it yet
 
 
-class DemoError(ValueError):
+class DemoError(MambaoutError, ValueError):
     """The demo cannot start: no model to serve, or an unsafe interface."""
+
+    exit_code = 12
 
 
 @dataclass(frozen=True)

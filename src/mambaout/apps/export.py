@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..engine.predict import class_names
-from ..errors import InputSizeError, check_input_size
+from ..errors import InputSizeError, MambaoutError, check_input_size
 
 FORMATS = ("onnx", "pt2")
 # max |exported - eager| / max |eager| over the verify inputs: fp32 kernels summing in another order stay ~1e-6
@@ -31,8 +31,10 @@ VERIFY_BATCHES = (1, 2)  # dynamic-batch files are checked at both; fixed ones a
 ONNX_OPSET = 18
 
 
-class ExportError(RuntimeError):
+class ExportError(MambaoutError, RuntimeError):
     """The model cannot be exported, or the file does not compute what the model computes."""
+
+    exit_code = 11
 
 
 @dataclass

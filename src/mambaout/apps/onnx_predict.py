@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.images import ImageReadError, open_rgb
+from ..errors import MambaoutError
 
 # timm's interpolation names -> PIL's filters (torchvision resizes PIL images with these)
 INTERPOLATION = {
@@ -28,8 +29,10 @@ INTERPOLATION = {
 }
 
 
-class OnnxModelError(ValueError):
+class OnnxModelError(MambaoutError, ValueError):
     """The ONNX file cannot be opened, or carries no preprocessing metadata."""
+
+    exit_code = 11
 
 
 @dataclass(frozen=True)

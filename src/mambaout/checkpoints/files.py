@@ -18,14 +18,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from safetensors.torch import safe_open as _safe_open
 
+from ..errors import MambaoutError
+
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 # Harmless classes that official training checkpoints carry beside the weights (Vim stores its argparse
 # Namespace). Anything else that is not plain data is refused by torch's weights-only unpickler.
 SAFE_GLOBALS = [argparse.Namespace]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MambaoutError, RuntimeError):
     """A checkpoint file that cannot be read or does not fit the model."""
+
+    exit_code = 4
 
 
 # The key under which a checkpoint we write carries the checksum of the rest of its content: torch's zip reader

@@ -15,9 +15,13 @@ from typing import Any
 from PIL import Image, ImageOps
 from timm.data import auto_augment
 
+from ..errors import MambaoutError
 
-class TransformError(RuntimeError):
+
+class TransformError(MambaoutError, RuntimeError):
     """A training transform raised on one sample; the message names the step and, inside auto-augment, the op."""
+
+    exit_code = 5
 
 
 def posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:

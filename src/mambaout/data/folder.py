@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
+from ..errors import MambaoutError
 from .augment import TransformError, apply_transform
 from .images import ImageReadError, open_rgb
 
@@ -45,8 +46,10 @@ NON_IMAGE_EXTENSIONS = frozenset({
 _IMAGE_EXTENSIONS = frozenset(IMG_EXTENSIONS)
 
 
-class DatasetError(ValueError):
+class DatasetError(MambaoutError, ValueError):
     """A data folder that cannot be used as it is (missing split, empty class folder, unknown classes)."""
+
+    exit_code = 5
 
 
 @dataclass(frozen=True)

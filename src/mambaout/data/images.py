@@ -8,8 +8,12 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import MambaoutError
 
-class ImageReadError(ValueError):
+
+class ImageReadError(MambaoutError, ValueError):
+
+    exit_code = 5
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path, self.reason = os.fspath(path), reason
         super().__init__(f"cannot read {self.path!r}: {reason}")

@@ -27,6 +27,7 @@ import torch
 
 from ..checkpoints import CheckpointError, atomic_write, read_checkpoint
 from ..checkpoints.files import with_checksum
+from ..errors import MambaoutError
 
 log = logging.getLogger("mambaout")
 
@@ -62,8 +63,10 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(MambaoutError, OSError):
     """A checkpoint that could not be written (full disk, read-only or unwritable folder); earlier ones are intact."""
+
+    exit_code = 10
 
     def __str__(self) -> str:
         return str(self.strerror)

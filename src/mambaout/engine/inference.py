@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from ..errors import MambaoutError
 from ..models.mambaout import split_projections as split_gated_projections
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -87,7 +88,7 @@ def example_input(model: nn.Module, input_size: tuple[int, int] | None = None, d
 # Folding a LayerNorm's affine into the Linear layers that read its output
 
 
-class FoldError(RuntimeError):
+class FoldError(MambaoutError, RuntimeError):
     """Folding would change the model's output: it reads a norm's output in a way the data-flow probe did not see."""
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from ..data.augment import check_policy
 from ..data.local_mamba_augment import check_local_mamba_policy, is_local_mamba_policy
+from ..errors import MambaoutError
 from ..recipes import Recipe, RecipeReport, get_recipe, plain
 from ..registry import get_model_spec, recipe_for
 from .weight_decay import RULES
@@ -32,7 +33,7 @@ CLIP_MODES = ("norm", "value", "agc")
 RECIPE_FILE_KEYS = ("sources", "differences", "title")
 
 
-class ConfigError(ValueError):
+class ConfigError(MambaoutError, ValueError):
     """Training options that do not make sense (bad values, unknown keys in a config file)."""
 
 

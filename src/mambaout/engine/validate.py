@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.folder import DatasetError, FolderDataset, SkipLog, collate_skipping, find_classes
+from ..errors import MambaoutError
 from ..factory import create_model
 from .evaluate import EvalResult, evaluate
 from .inference import prepare_for_inference
@@ -19,8 +20,10 @@ from .predict import eval_transform
 log = logging.getLogger("mambaout")
 
 
-class DeviceError(ValueError):
+class DeviceError(MambaoutError, ValueError):
     """A device this machine does not have."""
+
+    exit_code = 7
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._lookup import lookup
+from ..errors import MambaoutError
 
 # A layer of recipe values: option name -> (value, source). Layers are applied in order, later ones win.
 Layer = Mapping[str, tuple[Any, str]]
@@ -85,7 +86,9 @@ class DenseSettings:
     source: str = "default for backbones without an official dense configuration"
 
 
-class UnknownRecipeError(KeyError):
+class UnknownRecipeError(MambaoutError, KeyError):
+
+    exit_code = 3
     def __str__(self) -> str:
         return str(self.args[0])
 

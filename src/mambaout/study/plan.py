@@ -10,6 +10,7 @@ from typing import Any
 from ..analysis.flops import model_flops
 from ..data.folder import DatasetError, find_classes
 from ..engine.train_config import ConfigError, TrainConfig
+from ..errors import MambaoutError
 from ..recipes import Recipe, get_recipe
 from ..registry import get_model_spec, recipe_for
 from .presets import Comparison, GeneratedData, get_preset
@@ -19,8 +20,10 @@ OWN = "own"
 STUDY_SET = ("data_dir", "model", "recipe", "seed", "output", "experiment", "resume", "epochs", "img_size")
 
 
-class StudyError(ValueError):
+class StudyError(MambaoutError, ValueError):
     """A study that cannot run as asked (or stopped on the way), with what to do about it."""
+
+    exit_code = 12
 
 
 @dataclass

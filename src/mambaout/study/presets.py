@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._lookup import lookup
+from ..errors import MambaoutError
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,9 @@ class Preset:
         return list(dict.fromkeys(name for c in self.comparisons for name in c.models))
 
 
-class UnknownPresetError(KeyError):
+class UnknownPresetError(MambaoutError, KeyError):
+
+    exit_code = 3
     def __str__(self) -> str:
         return str(self.args[0])
 
