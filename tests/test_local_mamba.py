@@ -18,7 +18,7 @@ from mambaout.models.local_mamba import (
     scan_indices,
 )
 from mambaout.models.vmamba import LAYOUTS, SS2D
-from mambaout.registry import get_model_spec
+from mambaout.registry import get_model_spec, weights_location
 
 OFFICIAL = {  # ours: (official name, family)
     "local_vim_tiny": ("local_vim_tiny", "local_vim"),
@@ -423,7 +423,7 @@ def test_vim_plus_models_use_overlapping_patches_at_stride_8():
         assert plus.patch_embed.proj.stride == (8, 8) and plus.patch_embed.proj.kernel_size == (16, 16)
         extra = (730 - 197) * dim  # only the position embedding grows
         assert sum(p.numel() for p in plus.parameters()) == sum(p.numel() for p in plain.parameters()) + extra
-    assert get_model_spec("vim_tiny_plus").pretrained_cfg["url"].endswith("vim_t_midclstok_ft_78p3acc.pth")
+    assert weights_location(get_model_spec("vim_tiny_plus").pretrained_cfg).endswith("vim_t_midclstok_ft_78p3acc.pth")
     assert get_model_spec("vim_small_plus").published.top1 == 81.6
 
 

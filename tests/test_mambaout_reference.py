@@ -106,4 +106,5 @@ def test_preprocessing_matches_official(name):
     assert cfg["crop_pct"] == official["crop_pct"]
     assert cfg["interpolation"] == official["interpolation"]
     assert tuple(cfg["mean"]) == tuple(official["mean"]) and tuple(cfg["std"]) == tuple(official["std"])
-    assert cfg["url"] == official["weights_url"]
+    # downloaded from timm's Hub copy of the release (timm/<name>.in1k), which names the release as its origin
+    assert cfg["origin_url"] == official["weights_url"] and cfg["hf_hub_id"] == f"timm/{name}.in1k"

@@ -11,7 +11,7 @@ import mambaout
 from conftest import reference
 from mambaout.analysis.flops import model_flops
 from mambaout.models.plain_mamba import zigzag_orders
-from mambaout.registry import get_model_spec
+from mambaout.registry import get_model_spec, weights_location
 
 PARAMS = {"plainmamba_l1": 7551656, "plainmamba_l2": 26145832, "plainmamba_l3": 50956456}
 
@@ -217,7 +217,7 @@ def test_registry_entries():
     ):
         spec = get_model_spec(name)
         assert spec.published.top1 == top1
-        assert spec.pretrained_cfg["url"] == f"https://huggingface.co/ChenhongyiYang/PlainMamba/resolve/main/{url}"
+        assert weights_location(spec.pretrained_cfg) == f"hf-hub:ChenhongyiYang/PlainMamba/{url}"
     model = mambaout.create_model("plainmamba_test")
     assert {"pos_embed", "blocks.0.mixer.A_log", "blocks.1.mixer.direction_Bs"} <= model.no_weight_decay()
     with pytest.raises(ValueError, match="global_pool"):

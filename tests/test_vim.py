@@ -11,6 +11,7 @@ from conftest import reference
 from mambaout.analysis.flops import model_flops
 from mambaout.models.vim import BiMambaMixer, causal_conv1d, resample_mid_cls_pos_embed
 from mambaout.ops.selective_scan import selective_scan
+from mambaout.registry import weights_location
 
 VIM = {
     "vim_tiny": "vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
@@ -230,7 +231,8 @@ def test_no_weight_decay_and_pretrained_cfg():
     # never reads mamba's _no_weight_decay marks, so the official run decays A_log (test_weight_decay checks the set)
     assert model.no_weight_decay() == {"pos_embed", "cls_token"} and "pos_embed" in names
     cfg = model.pretrained_cfg
-    assert cfg["url"] == "https://huggingface.co/hustvl/Vim-tiny-midclstok/resolve/main/vim_t_midclstok_76p1acc.pth"
+    # the official release file, through the Hub's cache
+    assert weights_location(cfg) == "hf-hub:hustvl/Vim-tiny-midclstok/vim_t_midclstok_76p1acc.pth"
     assert cfg["crop_pct"] == 0.875 and cfg["interpolation"] == "bicubic"  # Vim's evaluation code, not its _cfg()
     assert cfg["mean"] == (0.485, 0.456, 0.406) and cfg["std"] == (0.229, 0.224, 0.225)
     assert cfg["first_conv"] == "patch_embed.proj" and cfg["classifier"] == "head"

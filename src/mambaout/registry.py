@@ -8,11 +8,13 @@ imports a model.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from timm.models import PretrainedCfg
 from torch import nn
 
 from ._lookup import lookup
@@ -68,6 +70,8 @@ _REGISTRY: dict[str, ModelSpec] = {}
 def pretrained_cfg(
     *,
     url: str = "",
+    hf_hub_id: str | None = None,
+    hf_hub_filename: str | None = None,
     file_name: str | None = None,
     sha256: str | None = None,
     num_classes: int = 1000,
@@ -83,6 +87,9 @@ def pretrained_cfg(
 ) -> dict[str, Any]:
     """A pretrained_cfg dict with timm's keys (plus `file_name`/`sha256` for the download cache).
 
+    Weights on the Hugging Face Hub are named by `hf_hub_id` (ORG/NAME[@REVISION]) and `hf_hub_filename`, and come
+    through the Hub's cache; elsewhere by `url`, cached in torch hub's folder under `file_name`.
+
     `feature_stride`: the reduction of a model's final feature map, which gives timm's `pool_size` (that map's
     size at `input_size`); None for models whose features are token sequences (timm's ViTs have no pool_size).
     """
@@ -91,6 +98,8 @@ def pretrained_cfg(
         pool_size = tuple(-(-side // feature_stride) for side in input_size[1:])
     return dict(
         url=url,
+        hf_hub_id=hf_hub_id,
+        hf_hub_filename=hf_hub_filename,
         file_name=file_name,
         sha256=sha256,
         num_classes=num_classes,
@@ -104,6 +113,28 @@ def pretrained_cfg(
         pool_size=pool_size,
         **extra,
     )
+
+
+TIMM_CFG_FIELDS = frozenset(f.name for f in dataclasses.fields(PretrainedCfg))
+
+
+def timm_pretrained_cfg(name: str) -> PretrainedCfg:
+    """A model's pretrained config as timm's `PretrainedCfg` (our download-cache keys left out)."""
+    cfg = get_model_spec(name).pretrained_cfg
+    return PretrainedCfg(**{k: v for k, v in cfg.items() if k in TIMM_CFG_FIELDS and k != "architecture"},
+                         architecture=name)  # fmt: skip
+
+
+def hub_weights(repo_id: str, filename: str = "model.safetensors") -> dict[str, str]:
+    """The pretrained_cfg entries of release weights on the Hugging Face Hub."""
+    return dict(hf_hub_id=repo_id, hf_hub_filename=filename)
+
+
+def weights_location(cfg: dict[str, Any]) -> str:
+    """Where a pretrained config's weights come from, as a user would write it ('' for none)."""
+    if cfg.get("hf_hub_id"):
+        return f"hf-hub:{cfg['hf_hub_id']}/{cfg.get('hf_hub_filename') or 'model.safetensors'}"
+    return cfg.get("url") or ""
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:

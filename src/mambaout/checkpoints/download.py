@@ -1,4 +1,4 @@
-"""Release weights: downloaded once into the torch hub cache, checked, and never half-written."""
+"""Release weights at a URL: downloaded once into the torch hub cache, checked, and never half-written."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_pretrained(model_name: str, cfg: dict[str, Any], progress: bool = True) -> Path:
-    """Path of the cached release file for a model, downloading it (with a progress bar) if missing."""
+def fetch_url(model_name: str, cfg: dict[str, Any], progress: bool = True) -> Path:
+    """Path of the cached release file at `cfg["url"]`, downloading it (with a progress bar) if missing."""
     url, sha256 = cfg.get("url"), (cfg.get("sha256") or "").lower() or None
     if not url:
         raise PretrainedUnavailableError(

@@ -7,7 +7,6 @@ identity and conv parts, 7x7 depthwise conv on the conv part, act(gate) * concat
 
 from __future__ import annotations
 
-import posixpath
 from collections import OrderedDict
 from functools import partial
 
@@ -20,7 +19,7 @@ from torch import nn
 from ..checkpoints.layouts import convert_mambaout
 from ..recipes import DenseSettings, Fallback
 from ..recipes.mambaout import DENSE, RECIPES
-from ..registry import ModelSpec, Published, pretrained_cfg, register_model
+from ..registry import ModelSpec, Published, hub_weights, pretrained_cfg, register_model
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "silu": nn.SiLU}
 DOWNSAMPLE_ORDERS = ("conv_norm", "norm_conv")
@@ -373,7 +372,6 @@ class MambaOut(nn.Module):
 
 # name: (architecture, published numbers, release weights)
 _OFFICIAL_URL = "https://github.com/yuweihao/MambaOut/releases/download/model/{}.pth"
-_TIMM_HUB_URL = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
 _PAPER = "MambaOut paper Table 1 / yuweihao/MambaOut README"
 _TIMM_CARD = "timm model card (huggingface.co/timm/{})"
 _RW = dict(stem_mid_norm=False, downsample="norm_conv", ls_init_value=1e-6, head_hidden_norm=False)
@@ -382,52 +380,52 @@ VARIANTS: dict[str, tuple[dict, Published, dict]] = {
     "mambaout_femto": (
         dict(depths=(3, 3, 9, 3), dims=(48, 96, 192, 288)),
         Published(7.3, 1.2, 78.9, _PAPER),
-        dict(url=_OFFICIAL_URL.format("mambaout_femto")),
+        dict(**hub_weights("timm/mambaout_femto.in1k"), origin_url=_OFFICIAL_URL.format("mambaout_femto")),
     ),
     "mambaout_kobe": (
         dict(depths=(3, 3, 15, 3), dims=(48, 96, 192, 288)),
         Published(9.1, 1.5, 80.0, _PAPER),
-        dict(url=_OFFICIAL_URL.format("mambaout_kobe")),
+        dict(**hub_weights("timm/mambaout_kobe.in1k"), origin_url=_OFFICIAL_URL.format("mambaout_kobe")),
     ),
     "mambaout_tiny": (
         dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 576)),
         Published(26.5, 4.5, 82.7, _PAPER),
-        dict(url=_OFFICIAL_URL.format("mambaout_tiny")),
+        dict(**hub_weights("timm/mambaout_tiny.in1k"), origin_url=_OFFICIAL_URL.format("mambaout_tiny")),
     ),
     "mambaout_small": (
         dict(depths=(3, 4, 27, 3), dims=(96, 192, 384, 576)),
         Published(48.5, 9.0, 84.1, _PAPER),
-        dict(url=_OFFICIAL_URL.format("mambaout_small")),
+        dict(**hub_weights("timm/mambaout_small.in1k"), origin_url=_OFFICIAL_URL.format("mambaout_small")),
     ),
     "mambaout_base": (
         dict(depths=(3, 4, 27, 3), dims=(128, 256, 512, 768)),
         Published(84.8, 15.8, 84.2, _PAPER),
-        dict(url=_OFFICIAL_URL.format("mambaout_base")),
+        dict(**hub_weights("timm/mambaout_base.in1k"), origin_url=_OFFICIAL_URL.format("mambaout_base")),
     ),
     "mambaout_small_rw": (
         dict(depths=(3, 4, 27, 3), dims=(96, 192, 384, 576), **_RW),
         Published(48.50, None, None, _TIMM_CARD.format("mambaout_small_rw.sw_e450_in1k")),
-        dict(url=_TIMM_HUB_URL.format("mambaout_small_rw.sw_e450_in1k"), tag="sw_e450_in1k"),
+        dict(**hub_weights("timm/mambaout_small_rw.sw_e450_in1k"), tag="sw_e450_in1k"),
     ),
     "mambaout_base_short_rw": (
         dict(depths=(3, 3, 25, 3), dims=(128, 256, 512, 768), expansion_ratio=3.0, conv_ratio=1.25, **_RW),
         Published(88.83, 16.3, None, _TIMM_CARD.format("mambaout_base_short_rw.sw_e500_in1k")),
-        dict(url=_TIMM_HUB_URL.format("mambaout_base_short_rw.sw_e500_in1k"), tag="sw_e500_in1k", crop_pct=0.95),
+        dict(**hub_weights("timm/mambaout_base_short_rw.sw_e500_in1k"), tag="sw_e500_in1k", crop_pct=0.95),
     ),
     "mambaout_base_tall_rw": (
         dict(depths=(3, 4, 30, 3), dims=(128, 256, 512, 768), expansion_ratio=2.5, conv_ratio=1.25, **_RW),
         Published(86.48, 16.1, None, _TIMM_CARD.format("mambaout_base_tall_rw.sw_e500_in1k")),
-        dict(url=_TIMM_HUB_URL.format("mambaout_base_tall_rw.sw_e500_in1k"), tag="sw_e500_in1k", crop_pct=0.95),
+        dict(**hub_weights("timm/mambaout_base_tall_rw.sw_e500_in1k"), tag="sw_e500_in1k", crop_pct=0.95),
     ),
     "mambaout_base_wide_rw": (
         dict(depths=(3, 4, 27, 3), dims=(128, 256, 512, 768), expansion_ratio=3.0, conv_ratio=1.5, act="silu", **_RW),
         Published(94.45, None, None, _TIMM_CARD.format("mambaout_base_wide_rw.sw_e500_in1k")),
-        dict(url=_TIMM_HUB_URL.format("mambaout_base_wide_rw.sw_e500_in1k"), tag="sw_e500_in1k", crop_pct=0.95),
+        dict(**hub_weights("timm/mambaout_base_wide_rw.sw_e500_in1k"), tag="sw_e500_in1k", crop_pct=0.95),
     ),
     "mambaout_base_plus_rw": (
         dict(depths=(3, 4, 30, 3), dims=(128, 256, 512, 768), expansion_ratio=3.0, conv_ratio=1.5, act="silu", **_RW),
         Published(101.66, 19.2, 86.632, _TIMM_CARD.format("mambaout_base_plus_rw.sw_e150_in12k_ft_in1k")),
-        dict(url=_TIMM_HUB_URL.format("mambaout_base_plus_rw.sw_e150_in12k_ft_in1k"), tag="sw_e150_in12k_ft_in1k"),
+        dict(**hub_weights("timm/mambaout_base_plus_rw.sw_e150_in12k_ft_in1k"), tag="sw_e150_in12k_ft_in1k"),
     ),
     # A few narrow blocks: keeps registry-wide tests fast. No weights.
     "mambaout_test": (
@@ -456,9 +454,6 @@ DENSE_RW = {"mambaout_small_rw": DenseSettings(0.4, _RW_DENSE),
 def _register_all() -> None:
     for name, (arch, published, weights) in VARIANTS.items():
         cfg = {"crop_pct": 1.0, "test_input_size": (3, 288, 288), "tag": "in1k", "feature_stride": 32, **weights}
-        if cfg.get("url"):
-            # Several release files share a base name (model.safetensors): name the cached copy after the model.
-            cfg["file_name"] = f"{name}.{cfg['tag']}{posixpath.splitext(cfg['url'])[1]}"
         register_model(
             ModelSpec(
                 name=name,

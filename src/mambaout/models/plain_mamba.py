@@ -31,7 +31,7 @@ from ..checkpoints.plain_mamba_layout import convert_plain_mamba
 from ..ops.selective_scan import selective_scan
 from ..recipes import DenseSettings, Fallback
 from ..recipes.plain_mamba import DENSE, RECIPES
-from ..registry import ModelSpec, Published, pretrained_cfg, register_model
+from ..registry import ModelSpec, Published, hub_weights, pretrained_cfg, register_model
 from ._token_model import PositionTables
 from .local_mamba import GridTokenModel, check_global_pool, resample_grid
 from .vim import _at_least_fp32
@@ -259,7 +259,6 @@ class PlainMamba(GridTokenModel):
         return self.pos_drop(x), grid
 
 
-_HF_URL = "https://huggingface.co/ChenhongyiYang/PlainMamba/resolve/main/{}.pth"
 _README = "ChenhongyiYang/PlainMamba README.md @0975a1d (#Params without the classifier); FLOPs: the paper"
 
 # name: (architecture, published numbers, release weights)
@@ -267,17 +266,17 @@ VARIANTS: dict[str, tuple[dict, Published, dict]] = {
     "plainmamba_l1": (
         dict(embed_dim=192, depth=24, num_convs=1, dwconv_blocks=(0,)),
         Published(7.3, 3.0, 77.9, _README + "; PlainMamba-L1"),
-        dict(url=_HF_URL.format("l1")),
+        hub_weights("ChenhongyiYang/PlainMamba", "l1.pth"),
     ),
     "plainmamba_l2": (
         dict(embed_dim=384, depth=24, num_convs=2),
         Published(25.7, 8.1, 81.6, _README + "; PlainMamba-L2"),
-        dict(url=_HF_URL.format("l2")),
+        hub_weights("ChenhongyiYang/PlainMamba", "l2.pth"),
     ),
     "plainmamba_l3": (
         dict(embed_dim=448, depth=36, num_convs=2),
         Published(50.5, 14.4, 82.3, _README + "; PlainMamba-L3"),
-        dict(url=_HF_URL.format("l3")),
+        hub_weights("ChenhongyiYang/PlainMamba", "l3.pth"),
     ),
     # Two narrow blocks (the first with L1's depthwise conv) on a 4x4 grid: keeps registry-wide tests fast.
     "plainmamba_test": (

@@ -38,7 +38,7 @@ from ..errors import check_patch_multiple
 from ..ops.selective_scan import selective_scan
 from ..recipes import DenseSettings, Fallback
 from ..recipes.vim import DENSE, RECIPES
-from ..registry import ModelSpec, Published, pretrained_cfg, register_model
+from ..registry import ModelSpec, Published, hub_weights, pretrained_cfg, register_model
 from ._token_model import GLOBAL_POOLS, PositionTables, TokenModel
 
 
@@ -324,7 +324,6 @@ class VisionMamba(TokenModel):
         return _at_least_fp32(self.pos_drop(x + pos_embed)), grid
 
 
-_HF_URL = "https://huggingface.co/hustvl/{}/resolve/main/{}.pth"
 _README = "hustvl/Vim README.md, Model Weights table (#param. rounded to 1M; no FLOPs published)"
 
 # name: (architecture, published numbers, release weights)
@@ -332,29 +331,29 @@ VARIANTS: dict[str, tuple[dict, Published, dict]] = {
     "vim_tiny": (
         dict(embed_dim=192, depth=24),
         Published(7, None, 76.1, _README),
-        dict(url=_HF_URL.format("Vim-tiny-midclstok", "vim_t_midclstok_76p1acc")),
+        hub_weights("hustvl/Vim-tiny-midclstok", "vim_t_midclstok_76p1acc.pth"),
     ),
     "vim_small": (
         dict(embed_dim=384, depth=24),
         Published(26, None, 80.5, _README),
-        dict(url=_HF_URL.format("Vim-small-midclstok", "vim_s_midclstok_80p5acc")),
+        hub_weights("hustvl/Vim-small-midclstok", "vim_s_midclstok_80p5acc.pth"),
     ),
     # "+": fine-tuned from the above "at finer granularity" (vim/scripts/ft-vim-{t,s}.sh: the
     # *_patch16_stride8_224_* models, 16x16 patches at stride 8: a 27x27 grid, 730 tokens; 30 epochs)
     "vim_tiny_plus": (
         dict(embed_dim=192, depth=24, patch_stride=8),
         Published(7, None, 78.3, _README + "; Vim-tiny+"),
-        dict(url=_HF_URL.format("Vim-tiny-midclstok", "vim_t_midclstok_ft_78p3acc")),
+        hub_weights("hustvl/Vim-tiny-midclstok", "vim_t_midclstok_ft_78p3acc.pth"),
     ),
     "vim_small_plus": (
         dict(embed_dim=384, depth=24, patch_stride=8),
         Published(26, None, 81.6, _README + "; Vim-small+"),
-        dict(url=_HF_URL.format("Vim-small-midclstok", "vim_s_midclstok_ft_81p6acc")),
+        hub_weights("hustvl/Vim-small-midclstok", "vim_s_midclstok_ft_81p6acc.pth"),
     ),
     "vim_base": (
         dict(embed_dim=768, depth=24),
         Published(98, None, 81.9, _README),
-        dict(url=_HF_URL.format("Vim-base-midclstok", "vim_b_midclstok_81p9acc")),
+        hub_weights("hustvl/Vim-base-midclstok", "vim_b_midclstok_81p9acc.pth"),
     ),
     # Two narrow blocks on a 4x4 grid: keeps registry-wide tests fast. No weights.
     "vim_test": (
