@@ -51,6 +51,12 @@ def test_timm_create_model_builds_what_create_model_builds(name):
     with torch.no_grad():
         torch.testing.assert_close(theirs(x), ours(x), rtol=0, atol=0)
     assert theirs.pretrained_cfg["architecture"] == name
+    torch.manual_seed(3)
+    unpooled = timm.create_model(name, num_classes=0, global_pool="").eval()
+    torch.manual_seed(3)
+    expected = mambaout.create_model(name, num_classes=0, global_pool="").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(unpooled(x), expected(x), rtol=0, atol=0)
     assert isinstance(timm.models.get_pretrained_cfg(name), PretrainedCfg)
 
     features = timm.create_model(name, features_only=True).eval()
