@@ -1,5 +1,4 @@
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -299,9 +298,7 @@ def test_decompression_bomb_refused_before_decoding(tmp_path, monkeypatch, side)
         return real_load(self)
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", spy_load)
-    start = time.perf_counter()
     err = _expect_error(path, "decompression bomb")
-    assert time.perf_counter() - start < 2.0
     assert decoded == []  # refused on open, so no pixel buffer was ever set up
     assert isinstance(err.__cause__, (Image.DecompressionBombError, Image.DecompressionBombWarning))
 
