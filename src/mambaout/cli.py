@@ -25,7 +25,7 @@ from .dense.detection_task import DetectionConfig
 from .dense.segmentation_task import SegmentationConfig
 from .engine.train_config import ConfigError, TrainConfig
 from .errors import MambaoutError
-from .registry import get_model_spec, list_models
+from .registry import get_model_spec, list_models, weights_location
 from .study import PRESETS as _STUDY_PRESETS
 from .study.plan import STUDY_SET
 
@@ -50,7 +50,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 params_m=pub.params_m,
                 gmacs=pub.gmacs,
                 top1=pub.top1,
-                url=spec.pretrained_cfg.get("url") or "",
+                url=weights_location(spec.pretrained_cfg),
             )
         )
     if args.json:
@@ -446,6 +446,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push_to_hub(args: argparse.Namespace) -> int:
+    from .apps.push_to_hub import model_card, push_to_hub, read_release, save_for_hub
+
+    release = read_release(args.run)
+    card = model_card(release, args.repo)
+    if args.local_dir:
+        print(f"wrote {save_for_hub(release.model, args.local_dir, card)} (config.json, model.safetensors, README.md)")
+        return 0
+    url = push_to_hub(release.model, args.repo, card=card, token=args.token, private=args.private,
+                      revision=args.revision, commit_message=args.message)  # fmt: skip
+    print(f"pushed {release.source} to {url}; load it with create_model('hf-hub:{args.repo}')")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .apps.demo import launch_demo
 
@@ -608,6 +622,20 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     add_output(p, None, "file to write (default: MODEL_HxW.FORMAT)")
     p.add_argument("--no-verify", action="store_true", help="skip running the file against eager PyTorch")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("push-to-hub", help="a trained model to the Hugging Face Hub in timm's layout, with a card",
+                       description="Upload config.json, model.safetensors and a model card (recipe, validation "
+                       "result) to REPO, so that create_model('hf-hub:REPO') and, after `import mambaout`, "
+                       "timm.create_model('hf-hub:REPO', pretrained=True) load it.")  # fmt: skip
+    p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="a training run folder (its best.pth, else last.pth) "
+                   "or a checkpoint")  # fmt: skip
+    p.add_argument("repo", metavar="REPO", help="Hub repository ORG/NAME (created if missing)")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or `hf auth login`'s)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--revision", help="branch to push to (default: main)")
+    p.add_argument("--message", default="Add model", help="commit message")
+    p.add_argument("--local-dir", metavar="DIR", help="write the repository's files to DIR instead of uploading")
+    p.set_defaults(func=cmd_push_to_hub)
 
     p = sub.add_parser("demo", help="gradio web demo (default: the model `make quickstart` trains), on 127.0.0.1")
     p.add_argument("--model", help="registered model name (default: the quickstart checkpoint's)")
