@@ -27,7 +27,8 @@ def test_models_table_lists_every_model_with_published_numbers():
     for name in mambaout.list_models():
         assert name in out
     tiny = next(line for line in out.splitlines() if line.startswith("mambaout_tiny "))
-    assert "26.5" in tiny and "4.5" in tiny and "82.7" in tiny and "releases/download/model/mambaout_tiny.pth" in tiny
+    assert "26.5" in tiny and "4.5" in tiny and "82.7" in tiny
+    assert "hf-hub:timm/mambaout_tiny.in1k/model.safetensors" in tiny
     rows = json.loads(run("models", "mambaout_*_rw", "--json").stdout)
     assert [r["name"] for r in rows] == mambaout.list_models("mambaout_*_rw")
     assert run("models", "nothing_matches*", check_ok=False).returncode == 1
@@ -155,26 +156,38 @@ def test_predict_refuses_a_checkpoint_that_would_run_code(tmp_path):
     assert not marker.exists()
 
 
-def test_predict_pretrained_without_network_names_the_url_and_the_alternative(tmp_path):
-    env = {**os.environ, "TORCH_HOME": str(tmp_path)}
+def _predict_pretrained_offline(tmp_path, override: str, extra_env: dict[str, str]) -> subprocess.CompletedProcess:
     image = tmp_path / "a.png"
     render("circle", seed=0, size=64).save(image)
-    # A loopback URL stands in for the unreachable release server; the test never leaves this machine.
-    code = (
-        "import sys, mambaout; from mambaout.cli import main;"
-        "mambaout.get_model_spec('mambaout_femto').pretrained_cfg['url'] = 'http://127.0.0.1:9/mambaout_femto.pth';"
-        "sys.exit(main(sys.argv[1:]))"
-    )
-    result = subprocess.run(
+    code = f"import sys, mambaout; from mambaout.cli import main;{override}sys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
         [sys.executable, "-c", code, "predict", "mambaout_femto", str(image), "--pretrained"],
         capture_output=True,
         text=True,
         timeout=300,
-        env=env,
+        env={**os.environ, "TORCH_HOME": str(tmp_path), **extra_env},
     )
+
+
+def test_predict_pretrained_without_network_names_the_url_and_the_alternative(tmp_path):
+    # A loopback URL stands in for the unreachable release server (the Hub id removed so the URL path is the one
+    # taken); the test never leaves this machine.
+    override = (
+        "cfg = mambaout.get_model_spec('mambaout_femto').pretrained_cfg; cfg.pop('hf_hub_id', None);"
+        "cfg['url'] = 'http://127.0.0.1:9/mambaout_femto.pth';"
+    )
+    result = _predict_pretrained_offline(tmp_path, override, {})
     assert result.returncode == 4
     assert "http://127.0.0.1:9/mambaout_femto.pth" in result.stderr
     assert "--checkpoint PATH" in result.stderr
+
+
+def test_predict_pretrained_with_the_hub_offline_names_the_repository_and_the_alternative(tmp_path):
+    result = _predict_pretrained_offline(tmp_path, "", {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 4
+    assert "timm/mambaout_femto.in1k" in result.stderr and "not in the Hugging Face cache" in result.stderr
+    assert "--checkpoint PATH" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_flops_transformer_equation_6():

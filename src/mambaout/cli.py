@@ -199,7 +199,9 @@ def _add_config_options(p, config_class: type, skip: tuple[str, ...] = (), only_
         default_text = "the recipe's" if f.metadata.get("from_recipe") else f.default
         help_text = f"{f.metadata['help']} (default: {default_text})"
         default = argparse.SUPPRESS if only_given else f.default
-        if kind == "bool":  # --x / --no-x, except for options that are negative already (--no-aug)
+        if f.metadata.get("image_size"):
+            add_img_size(p, help_text, default=default, flag=flags[-1], dest=f.name, old=False)
+        elif kind == "bool":  # --x / --no-x, except for options that are negative already (--no-aug)
             action = "store_true" if f.name.startswith("no_") else argparse.BooleanOptionalAction
             p.add_argument(*flags, dest=f.name, action=action, default=default, help=f.metadata["help"])
         elif kind.startswith("list["):
@@ -550,7 +552,7 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     p.add_argument("--first-seed", type=int, default=42, help="the first run's seed")
     p.add_argument("--epochs", type=count(1), help="epochs of every run; warmup and cooldown shrink in proportion "
                    "unless set (default: each recipe's)")  # fmt: skip
-    p.add_argument("--img-size", type=count(1), help="training and validation input size (default 224)")
+    add_img_size(p, "training and validation input size: one number (a square) or H W (default 224)", old=False)
     p.add_argument("--output", default="output/study", help="study folder (runs in OUTPUT/runs/)")
     p.add_argument("--resume", choices=["auto"], help="continue the study in OUTPUT: finished runs are kept, the "
                    "interrupted one resumes from its newest checkpoint")  # fmt: skip

@@ -70,13 +70,16 @@ def deprecated_action(replacement: str, action: type[argparse.Action] | str = "s
 IMG_SIZE_HELP = "input size: one number (square) or H W (default: the model's)"
 
 
-def add_img_size(p: argparse.ArgumentParser, help: str = IMG_SIZE_HELP, default: tuple[int, int] | None = None,
-                 old_width_first: bool = False) -> None:  # fmt: skip
-    """--img-size SIZE | H W, and the old --size H W (W H where `old_width_first`)."""
-    p.add_argument("--img-size", nargs="+", type=count(1), action=_ImageSize, default=default, metavar="SIZE",
+def add_img_size(p: argparse.ArgumentParser, help: str = IMG_SIZE_HELP, default: Any = None,
+                 old_width_first: bool = False, flag: str = "--img-size", dest: str = "img_size",
+                 old: bool = True) -> None:  # fmt: skip
+    """--img-size SIZE | H W (or `flag`, e.g. --crop-size), and the old --size H W where `old` (W H where
+    `old_width_first`)."""
+    p.add_argument(flag, dest=dest, nargs="+", type=count(1), action=_ImageSize, default=default, metavar="SIZE",
                    help=help)  # fmt: skip
-    p.add_argument("--size", dest="img_size", nargs=2, type=count(1), help=argparse.SUPPRESS,
-                   action=deprecated_action("--img-size H W", _ImageSize, flip=old_width_first))  # fmt: skip
+    if old:
+        p.add_argument("--size", dest=dest, nargs=2, type=count(1), help=argparse.SUPPRESS,
+                       action=deprecated_action("--img-size H W", _ImageSize, flip=old_width_first))  # fmt: skip
 
 
 def add_batch_size(p: argparse.ArgumentParser, default: int, help: str = "images per batch",

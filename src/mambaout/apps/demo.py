@@ -31,6 +31,7 @@ from torch import nn
 
 from ..checkpoints import CheckpointError, atomic_write, read_checkpoint
 from ..data.images import ImageReadError, open_rgb
+from ..data.sizes import height_width
 from ..engine.inference import InferenceModel, prepare_for_inference
 from ..engine.predict import class_names, eval_transform
 from ..errors import InputSizeError, MambaoutError
@@ -96,7 +97,11 @@ def training_input_size(checkpoint: Path | None) -> tuple[int, int] | None:
         size = (yaml.safe_load(args.read_text()) or {}).get("img_size")
     except (yaml.YAMLError, AttributeError):
         return None
-    return (int(size), int(size)) if isinstance(size, int) and size > 0 else None
+    try:
+        height, width = height_width(size)
+    except (TypeError, ValueError):
+        return None
+    return (height, width) if min(height, width) > 0 else None
 
 
 def find_checkpoints(folder: str | os.PathLike | None) -> list[ModelChoice]:

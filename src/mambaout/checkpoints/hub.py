@@ -60,7 +60,8 @@ def hub_file(model_id: str, filename: str, cache_dir: str | os.PathLike | None =
     except LocalEntryNotFoundError as e:  # offline (HF_HUB_OFFLINE=1, or no network) and not cached
         raise PretrainedUnavailableError(
             f"{where} is not in the Hugging Face cache and cannot be downloaded ({_first_line(e)}). Download it "
-            f"where there is network access (the cache is HF_HUB_CACHE, or HF_HOME/hub), or pass checkpoint=PATH"
+            f"where there is network access (the cache is HF_HUB_CACHE, or HF_HOME/hub), or pass checkpoint=PATH "
+            "(CLI: --checkpoint PATH)"
         ) from e
     except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as e:
         raise PretrainedUnavailableError(f"cannot read {where}: {_first_line(e)}") from e

@@ -38,6 +38,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .folder import DatasetError, Skipped
 from .images import ImageReadError, open_rgb
+from .sizes import Size, height_width
 
 IGNORE_INDEX = 255
 CLASSES_FILE = "classes.txt"
@@ -255,11 +256,12 @@ def _resize(image: tv_tensors.Image, mask: tv_tensors.Mask | None, width: int,
 
 @dataclass
 class TrainTransform:
-    """mmseg's ADE20K training pipeline: (PIL image, (H, W) label) -> (normalized (3, c, c), (c, c) long label)."""
+    """mmseg's ADE20K training pipeline: (PIL image, (H, W) label) -> (normalized (3, h, w), (h, w) long label) with
+    (h, w) the crop size (one number for a square)."""
 
     img_scale: tuple[int, int] = (2048, 512)
     ratio_range: tuple[float, float] = (0.5, 2.0)
-    crop_size: int = 512
+    crop_size: Size = 512
     cat_max_ratio: float = 0.75
     flip_prob: float = 0.5
     photometric: bool = True
@@ -277,7 +279,8 @@ class TrainTransform:
         if self.photometric:
             pixels = photometric_distortion(pixels)
         pixels = normalize(pixels)
-        pad_h, pad_w = self.crop_size - pixels.shape[-2], self.crop_size - pixels.shape[-1]
+        crop_h, crop_w = height_width(self.crop_size)
+        pad_h, pad_w = crop_h - pixels.shape[-2], crop_w - pixels.shape[-1]
         if pad_h or pad_w:
             pixels = TF.pad(pixels, [0, 0, pad_w, pad_h], fill=0)
             mask = TF.pad(mask, [0, 0, pad_w, pad_h], fill=IGNORE_INDEX)
@@ -286,7 +289,8 @@ class TrainTransform:
     def _crop_box(self, mask: torch.Tensor) -> tuple[int, int, int, int]:
         """mmseg's RandomCrop: redraw up to 10 times while one class covers >= cat_max_ratio of the crop."""
         height, width = mask.shape[-2:]
-        crop_h, crop_w = min(self.crop_size, height), min(self.crop_size, width)
+        window_h, window_w = height_width(self.crop_size)
+        crop_h, crop_w = min(window_h, height), min(window_w, width)
 
         def draw() -> tuple[int, int, int, int]:
             top = int(torch.randint(height - crop_h + 1, ()).item())

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from ..checkpoints import CheckpointError, check_fits
 from ..data.images import ImageReadError, open_rgb
 from ..data.segmentation import normalize, rescale_size
+from ..data.sizes import Size, height_width
 from ..engine import distributed
 from ..engine.checkpointing import load_training_checkpoint
 from .seg_metrics import SegmentationAreas, SegmentationMetrics
@@ -46,28 +47,33 @@ class InferenceSettings:
     img_scale: tuple[int, int] = (2048, 512)
     ratios: tuple[float, ...] = (1.0,)
     flip: bool = False
-    crop_size: int = 512
-    stride: int = 341
+    crop_size: Size = 512  # one number (a square) or (H, W), as mmseg's crop_size; held as (H, W)
+    stride: Size = 341
     window_batch: int = 4  # windows run through the model together (memory vs. speed; the result is the same)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if not 0 < self.stride <= self.crop_size:
-            raise ValueError(f"the window stride ({self.stride}) must be in 1..the window size ({self.crop_size})")
+        object.__setattr__(self, "crop_size", height_width(self.crop_size))
+        object.__setattr__(self, "stride", height_width(self.stride))
+        if not all(0 < step <= side for step, side in zip(self.stride, self.crop_size)):
+            raise ValueError(f"the window stride {self.stride} must be in 1..the window size {self.crop_size} "
+                             "(H and W)")  # fmt: skip
 
 
-def slide_logits(model: nn.Module, image: torch.Tensor, crop_size: int, stride: int,
+def slide_logits(model: nn.Module, image: torch.Tensor, crop_size: Size, stride: Size,
                  window_batch: int = 4) -> torch.Tensor:  # fmt: skip
-    """mmseg's slide_inference: (1, 3, H, W) -> (1, classes, H, W) logits averaged over the overlapping windows."""
+    """mmseg's slide_inference: (1, 3, H, W) -> (1, classes, H, W) logits averaged over the overlapping windows
+    (window and stride: one number, or (H, W))."""
     height, width = image.shape[-2:]
-    crop_h, crop_w = min(crop_size, height), min(crop_size, width)
-    rows = max(height - crop_h + stride - 1, 0) // stride + 1
-    cols = max(width - crop_w + stride - 1, 0) // stride + 1
+    (window_h, window_w), (stride_h, stride_w) = height_width(crop_size), height_width(stride)
+    crop_h, crop_w = min(window_h, height), min(window_w, width)
+    rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
+    cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
     boxes = []
     for row in range(rows):
         for col in range(cols):
-            bottom, right = min(row * stride + crop_h, height), min(col * stride + crop_w, width)
+            bottom, right = min(row * stride_h + crop_h, height), min(col * stride_w + crop_w, width)
             boxes.append((bottom - crop_h, right - crop_w))
     summed: torch.Tensor | None = None
     count = torch.zeros(1, 1, height, width, device=image.device)

@@ -32,10 +32,11 @@ from ..data.segmentation import (
     TrainTransform,
     find_layout,
 )
+from ..data.sizes import compact_size, height_width, size_name
 from ..engine import distributed
 from ..engine.loop import FitResult, fit
 from ..engine.task import Batch, IterationSampler, Metric, Task, TaskParts
-from ..engine.train_config import ConfigError, option
+from ..engine.train_config import ConfigError, checked_size, option
 from .seg_metrics import SegmentationMetrics
 from .segmentation import MULTI_SCALE_RATIOS, InferenceSettings, evaluate_segmentation, load_segmenter
 from .train_config import DenseTrainConfig
@@ -73,12 +74,14 @@ class SegmentationConfig(DenseTrainConfig):
     img_scale: list[int] = option((2048, 512), "training/test scale (long, short side) before the random ratio",
                                   nargs=2)  # fmt: skip
     ratio_range: list[float] = option((0.5, 2.0), "random resize ratio range of --img-scale", nargs=2)
-    crop_size: int = option(512, "square training crop (and sliding-window) size")
+    crop_size: int | list[int] = option(512, "training crop (and sliding-window) size: one number (a square) or H W "
+                                        "(mmseg's crop_size)", image_size=True)  # fmt: skip
     cat_max_ratio: float = option(0.75, "largest share of one class in a training crop (10 redraws)")
     flip_prob: float = option(0.5, "horizontal flip probability")
     photometric: bool = option(True, "mmseg's PhotoMetricDistortion (brightness, contrast, saturation, hue)")
     eval_mode: str = option("whole", "validation inference: whole or slide")
-    eval_stride: int | None = option(None, "sliding-window stride (default: 2/3 of --crop-size, mmseg's 341 for 512)")
+    eval_stride: int | list[int] | None = option(None, "sliding-window stride: one number or H W (default: 2/3 of "
+                                                 "--crop-size, mmseg's 341 for 512)", image_size=True)  # fmt: skip
     # recipe values of the shared options
     batch_size: int = option(16, "batch per process (global batch = batch-size x grad-accum-steps x processes)")
     val_batch_size: int | None = option(1, "validation images per loader batch (each is segmented on its own)")
@@ -87,15 +90,19 @@ class SegmentationConfig(DenseTrainConfig):
     eval_metric: str = option("mIoU", "validation metric that picks best.pth (mIoU, mAcc or aAcc)")
 
     def __post_init__(self) -> None:
+        self.crop_size = checked_size(self.crop_size, "--crop-size")
+        crop = height_width(self.crop_size)
         if self.eval_stride is None:
-            self.eval_stride = self.crop_size * 2 // 3
+            self.eval_stride = compact_size([side * 2 // 3 for side in crop])
+        self.eval_stride = checked_size(self.eval_stride, "--eval-stride")
         checks = [
             (self.iterations >= 1, "--iterations must be at least 1"),
             (self.iters_per_epoch >= 1, "--iters-per-epoch must be at least 1"),
             (0 <= self.warmup_iters < self.iterations, "--warmup-iters must be in [0, --iterations)"),
             (self.eval_mode in ("whole", "slide"), f"--eval-mode must be whole or slide, not {self.eval_mode!r}"),
-            (0 < self.eval_stride <= self.crop_size, "--eval-stride must be in 1..--crop-size"),
-            (self.crop_size >= 1 and min(self.img_scale) >= 1, "--crop-size and --img-scale must be positive"),
+            (all(step <= side for step, side in zip(height_width(self.eval_stride), crop)),
+             "--eval-stride must be in 1..--crop-size (H and W)"),
+            (min(self.img_scale) >= 1, "--img-scale must be positive"),
             (0 < self.ratio_range[0] <= self.ratio_range[1], "--ratio-range must be two increasing positive values"),
             (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
         ]
@@ -199,7 +206,7 @@ class SegmentationTask(Task):
         return scheduler, math.ceil(config.iterations / steps_per_epoch)
 
     def experiment_name(self) -> str:
-        return f"upernet-{self.config.backbone}-{self.config.crop_size}"
+        return f"upernet-{self.config.backbone}-{size_name(self.config.crop_size)}"
 
     def checkpoint_meta(self) -> dict[str, Any]:
         config = self.config

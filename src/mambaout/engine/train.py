@@ -16,6 +16,7 @@ from torch.utils.data import Sampler
 from ..data.augment import harden
 from ..data.folder import FolderDataset, collate_skipping
 from ..data.local_mamba_augment import is_local_mamba_policy, local_mamba_train_transform
+from ..data.sizes import height_width, size_name
 from ..factory import create_model
 from . import distributed
 from .evaluate import evaluate
@@ -42,7 +43,7 @@ class ClassificationTask(Task):
         self.world_size = env.world_size
         model = self.build_model(num_classes)
         self.data_config = resolve_data_config(
-            {"input_size": (3, config.img_size, config.img_size)} if config.img_size else {}, model=model
+            {"input_size": (3, *height_width(config.img_size))} if config.img_size else {}, model=model
         )
         train_set.transform = _train_transform(config, self.data_config)
         self.val_set = None
@@ -136,7 +137,7 @@ class ClassificationTask(Task):
 
     def experiment_name(self) -> str:
         """Model and input size, so that rerunning the same command with --resume auto finds the same folder."""
-        return f"{self.config.model}-{self.data_config['input_size'][-1]}"
+        return f"{self.config.model}-{size_name(self.data_config['input_size'][1:])}"
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"model_name": self.config.model, "class_names": self.class_names}

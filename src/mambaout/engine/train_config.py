@@ -19,6 +19,7 @@ import yaml
 
 from ..data.augment import check_policy
 from ..data.local_mamba_augment import check_local_mamba_policy, is_local_mamba_policy
+from ..data.sizes import compact_size, height_width
 from ..errors import MambaoutError
 from ..recipes import Recipe, RecipeReport, get_recipe, plain
 from ..registry import get_model_spec, recipe_for
@@ -157,6 +158,17 @@ class EngineConfig:
         return list(dataclasses.fields(cls))
 
 
+def checked_size(size: Any, flag: str) -> int | list[int]:
+    """An image-size option as configs hold it (one number for a square, else [H, W]), or a ConfigError."""
+    try:
+        size = compact_size(size)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag} takes one number (a square) or two (H W), got {size!r}") from None
+    if min(height_width(size)) < 1:
+        raise ConfigError(f"{flag} must be positive, got {size}")
+    return size
+
+
 def from_recipe(help: str, **extra: Any) -> Any:
     """An option whose default is the run's recipe value."""
     return option(None, help, from_recipe=True, **extra)
@@ -172,7 +184,8 @@ class TrainConfig(EngineConfig):
                                 "one it falls back to)")
     train_split: str = option("train", "training split folder")
     val_split: str = option("val", "validation split folder ('' to skip validation)")
-    img_size: int | None = option(None, "training and validation input size (default: the model's)")
+    img_size: int | list[int] | None = option(None, "training and validation input size: one number (a square) or "
+                                              "H W (default: the model's)", image_size=True)  # fmt: skip
     num_classes: int | None = option(None, "classifier size (default: the number of class folders)")
     # the schedule and the optimizer
     epochs: int | None = from_recipe("epochs of the schedule, a prefix warmup included (cooldown epochs come after)")
@@ -235,6 +248,8 @@ class TrainConfig(EngineConfig):
 
     def __post_init__(self) -> None:
         self._report = self._apply_recipe()
+        if self.img_size is not None:
+            self.img_size = checked_size(self.img_size, "--img-size")
         if self.aa in ("", "none"):
             self.aa = None
         if self.aa is not None and not self.no_aug:

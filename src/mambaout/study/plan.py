@@ -9,7 +9,8 @@ from typing import Any
 
 from ..analysis.flops import model_flops
 from ..data.folder import DatasetError, find_classes
-from ..engine.train_config import ConfigError, TrainConfig
+from ..data.sizes import height_width
+from ..engine.train_config import ConfigError, TrainConfig, checked_size
 from ..errors import MambaoutError
 from ..recipes import Recipe, get_recipe
 from ..registry import get_model_spec, recipe_for
@@ -36,7 +37,7 @@ class StudyConfig:
     seeds: int = 1
     first_seed: int = 42
     epochs: int | None = None  # None: each recipe's; else warmup and cooldown shrink with it (unless set)
-    img_size: int = 224
+    img_size: int | list[int] = 224  # one number (a square) or [H, W]
     output: str = "output/study"
     resume: str | None = None  # 'auto': continue the study in `output`
     jobs: int = 1
@@ -70,6 +71,10 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         self.models = list(dict.fromkeys(self.models))
+        try:
+            self.img_size = checked_size(self.img_size, "--img-size")
+        except ConfigError as e:
+            raise StudyError(str(e)) from None
         if self.comparisons is None:
             self.comparisons = (Comparison(self.models[0], tuple(self.models[1:])),) if len(self.models) > 1 else ()
         checks = [
@@ -78,7 +83,6 @@ class StudyConfig:
              "give the dataset folder (ImageNet's layout: DATA/train/<class>/, DATA/val/<class>/)"),
             (self.seeds >= 1, "--seeds must be at least 1"),
             (self.epochs is None or self.epochs >= 1, "--epochs must be at least 1"),
-            (self.img_size >= 1, "--img-size must be positive"),
             (self.jobs >= 1, "--jobs must be at least 1"),
             (self.resume in (None, "auto"), "a study resumes with --resume auto (each run from its newest checkpoint)"),
             (self.bench_batch >= 1 and self.bench_repeats >= 1, "--bench-batch and --bench-repeats must be positive"),
@@ -188,7 +192,7 @@ def check_study(config: StudyConfig, runs: list[Run]) -> tuple[list[str], dict[s
     classes = _check_data(config.data_dir, runs[0].train_config())
     facts = {}
     for model in config.models:
-        report = model_flops(model, size=(config.img_size, config.img_size), num_classes=len(classes))
+        report = model_flops(model, size=height_width(config.img_size), num_classes=len(classes))
         facts[model] = ModelFacts(model, get_model_spec(model).family, report.params, report.macs)
     return classes, facts
 

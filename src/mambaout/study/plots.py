@@ -10,13 +10,14 @@ from typing import Any
 import yaml
 from matplotlib.figure import Figure
 
+from ..data.sizes import hxw
 from ..engine.run_log import ARGS
 from .plan import Run
 from .report import read_summary
 
 
 def _title(meta: dict[str, Any]) -> str:
-    return f"{meta['data_dir']}, {meta['img_size']}px, {meta['seeds']} seed(s), {meta['classes']} classes"
+    return f"{meta['data_dir']}, {hxw(meta['img_size'])} px, {meta['seeds']} seed(s), {meta['classes']} classes"
 
 
 def plot_top1_against(models: Sequence[dict[str, Any]], key: str, xlabel: str, path: Path,

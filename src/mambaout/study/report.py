@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from ..checkpoints import atomic_write
+from ..data.sizes import hxw, size_name
 from ..engine.run_log import ARGS, SUMMARY
 from ..registry import get_model_spec
 from .plan import ModelFacts, Run, StudyConfig
@@ -149,7 +150,7 @@ def write_report(config: StudyConfig, runs: list[Run], facts: dict[str, ModelFac
     for name, text in files.items():
         atomic_write(root / name, lambda tmp, text=text: Path(tmp).write_text(text))
     result.files = [root / name for name in files]
-    size = f"{config.img_size}x{config.img_size}"
+    size = hxw(config.img_size)
     result.files += [
         plot_top1_against(models, "gmacs", f"GMACs at {size} (counted)", root / "top1_vs_macs.png", meta),
         plot_top1_against(models, "images_per_s", f"inference images/s at {size} ({meta['device_name']})",
@@ -181,14 +182,14 @@ def markdown(result: StudyResult, config: StudyConfig) -> str:
     lines = [
         f"# Study{f' `{config.preset}`' if config.preset else ''}: {', '.join(config.models)}",
         "",
-        f"Data `{meta['data_dir']}` ({meta['classes']} classes), {meta['img_size']}x{meta['img_size']}, {recipe}, "
+        f"Data `{meta['data_dir']}` ({meta['classes']} classes), {hxw(meta['img_size'])}, {recipe}, "
         f"{epochs}, {config.seeds} seed{'s' if config.seeds > 1 else ''} (mean ± standard deviation). Inference "
         f"speed: {meta['device_name']}, batch {meta['benchmark']['batch']}, {meta['benchmark']['precision']}, "
         f"{meta['benchmark']['threads']} threads, all models in one sweep. Top-1 is the last epoch's, of the "
         "weights each recipe releases.",
         "",
-        f"| model | recipe | params (M) | GMACs @{meta['img_size']} | images/s | top-1 (%) | top-5 (%) | best top-1 | "
-        "ImageNet top-1 (published) | GMACs @224 (published) |",
+        f"| model | recipe | params (M) | GMACs @{size_name(meta['img_size'])} | images/s | top-1 (%) | top-5 (%) | "
+        "best top-1 | ImageNet top-1 (published) | GMACs @224 (published) |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for row in result.models:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..analysis.benchmark import run_benchmark
 from ..checkpoints import atomic_write
+from ..data.sizes import height_width, hxw
 from ..data.synthetic import write_dataset
 from ..engine import distributed
 from ..engine.train import train
@@ -215,16 +216,16 @@ def _benchmark(config: StudyConfig, device: torch.device, progress: bool) -> dic
     if saved.exists():
         earlier = json.loads(saved.read_text())
         same = all(earlier["meta"].get(k) == v for k, v in wanted.items())
-        measured = {(r["model"], r["height"]) for r in earlier["results"]}
-        if same and measured == {(m, config.img_size) for m in config.models}:
+        measured = {(r["model"], r["height"], r["width"]) for r in earlier["results"]}
+        if same and measured == {(m, *height_width(config.img_size)) for m in config.models}:
             log.info("study: inference speed measured earlier (%s)", saved)
             return earlier
-    log.info("study: measuring inference images/s of %d models at %dx%d, batch %d, %s", len(config.models),
-             config.img_size, config.img_size, config.bench_batch, precision)  # fmt: skip
+    log.info("study: measuring inference images/s of %d models at %s, batch %d, %s", len(config.models),
+             hxw(config.img_size), config.bench_batch, precision)  # fmt: skip
     with _stopped_on_write_errors(config):
-        result = run_benchmark(config.models, [config.img_size], batch=config.bench_batch, precision=precision,
-                               device=str(device), repeats=config.bench_repeats, warmup=1, out=out,
-                               progress=progress)  # fmt: skip
+        result = run_benchmark(config.models, [height_width(config.img_size)], batch=config.bench_batch,
+                               precision=precision, device=str(device), repeats=config.bench_repeats, warmup=1,
+                               out=out, progress=progress)  # fmt: skip
     return {"meta": result.meta, "results": result.rows}
 
 
