@@ -207,3 +207,40 @@ def test_old_spellings_warn_and_work_like_the_shared_flags(capsys):
     with pytest.warns(FutureWarning, match="--size is deprecated.*--img-size"):
         assert main(["flops", "mambaout_test", "--size", "64", "64", "--batch", "2"]) == 0
     assert capsys.readouterr().out == expected
+
+
+def _commands() -> dict:
+    import argparse
+
+    from mambaout.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(subparsers.choices)
+
+
+def test_each_shared_concept_has_one_flag_in_every_command():
+    import argparse
+
+    from mambaout.cli_options import SHARED_FLAGS
+
+    commands = _commands()
+    seen = {}
+    for name, parser in commands.items():
+        for action in parser._actions:
+            if action.dest not in SHARED_FLAGS or not action.option_strings:
+                continue
+            if action.help == argparse.SUPPRESS:  # an old spelling: it must say what replaces it
+                with pytest.warns(FutureWarning, match="deprecated"):
+                    action(parser, argparse.Namespace(), ["2"] * (action.nargs if isinstance(action.nargs, int) else 1),
+                           action.option_strings[0])  # fmt: skip
+                continue
+            assert SHARED_FLAGS[action.dest] in action.option_strings, (name, action.option_strings)
+            seen.setdefault(action.dest, set()).add(name)
+    image_commands = {"flops", "predict", "train", "study", "validate", "erf", "benchmark", "export", "demo",
+                      "segment-data", "detect-data"}  # fmt: skip
+    assert image_commands <= seen["img_size"]
+    assert {"train", "segment-train", "detect-train"} <= seen["workers"] & seen["batch_size"] & seen["device"]
+    assert {"predict", "validate", "export"} <= seen["checkpoint"] & seen["pretrained"]
+    crop = next(a for a in commands["segment-train"]._actions if "--crop-size" in a.option_strings)
+    assert crop.nargs == "+"  # one number or H W, mmseg's crop_size
+    assert commands["segment-train"].parse_args(["d", "--crop-size", "48", "64"]).crop_size == (48, 64)

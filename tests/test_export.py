@@ -126,6 +126,14 @@ def test_cli_export_then_predict_onnx_agrees_with_predict(tmp_path, capsys):
     argv = ["export", "mambaout_test", "--checkpoint", str(tmp_path / "tiny.safetensors"), "--img-size", "32"]
     assert main([*argv, "--format", "onnx", "--output", str(out)]) == 0
     assert "max relative difference" in capsys.readouterr().out
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    trained = create_model("mambaout_test", checkpoint=tmp_path / "tiny.safetensors").eval()
+    for batch in (1, 3):  # no batch option: the batch is dynamic, as timm's onnx_export.py makes it
+        x = torch.randn(batch, 3, *SIZE)
+        (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        with torch.no_grad():
+            want = trained(x).numpy()
+        assert got.shape == want.shape and np.abs(got - want).max() <= TOLERANCE * np.abs(want).max()
     rng = np.random.default_rng(1)
     images = []
     for i in range(3):

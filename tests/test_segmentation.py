@@ -157,6 +157,16 @@ def test_training_pipeline_gives_padded_crops_and_respects_cat_max_ratio():
     assert mixed_share(0.75) > mixed_share(1.0) + 0.2  # 10 redraws find crops no class dominates
 
 
+def test_a_rectangular_crop_is_h_by_w_and_pads_each_axis():
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 64, 3), dtype=np.uint8))
+    label = np.ones((32, 64), np.uint8)
+    keep = dict(img_scale=(64, 32), ratio_range=(1.0, 1.0), photometric=False, flip_prob=0.0)
+    pixels, mask = TrainTransform(crop_size=(24, 40), **keep)(image, label)
+    assert pixels.shape == (3, 24, 40) and mask.shape == (24, 40) and (mask == 1).all()
+    pixels, mask = TrainTransform(crop_size=(16, 80), **keep)(image, label)  # wider than the image: padded right
+    assert pixels.shape == (3, 16, 80) and (mask[:, 64:] == 255).all() and (mask[:, :64] == 1).all()
+
+
 def test_generated_dataset_is_deterministic_and_in_ade20k_layout(tmp_path):
     a = write_segmentation_dataset(tmp_path / "a", train_images=3, val_images=2, size=(32, 24), seed=5)
     b = write_segmentation_dataset(tmp_path / "b", train_images=3, val_images=2, size=(32, 24), seed=5)

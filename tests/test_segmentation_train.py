@@ -181,6 +181,28 @@ def test_bad_files_are_skipped_and_listed(tmp_path):
     assert "32x48" in names["mismatch.jpg"] and "label values 39" in names["outside.png"]
 
 
+def test_crops_and_strides_take_h_w_and_a_square_stays_one_number():
+    config = SegmentationConfig(data_dir="x", crop_size=[48, 64])
+    assert (config.crop_size, config.eval_stride) == ([48, 64], [32, 42])  # mmseg's crop_size (H, W), stride 2/3
+    assert SegmentationConfig(data_dir="x", crop_size=[48, 48], eval_stride=[32]).eval_stride == 32
+    with pytest.raises(ConfigError, match="--eval-stride"):
+        SegmentationConfig(data_dir="x", crop_size=[48, 64], eval_stride=[50, 40])
+    with pytest.raises(ConfigError, match="--crop-size"):
+        SegmentationConfig(data_dir="x", crop_size=[48, 64, 80])
+
+
+def test_a_rectangular_crop_trains_and_slides_with_its_own_windows(data, tmp_path, capsys):
+    options = dict(QUICK, crop_size=[40, 48], iterations=3, iters_per_epoch=3)
+    assert main(["segment-train", str(data), *cli_flags(options), "--output", str(tmp_path)]) == 0
+    out = tmp_path / "upernet-mambaout_test-40x48"
+    meta = load_training_checkpoint(out / "last.pth")["segmenter"]
+    assert (meta["crop_size"], meta["stride"]) == ([40, 48], [26, 32])
+    capsys.readouterr()
+    assert main(["segment-eval", str(data), "--checkpoint", str(out / "last.pth"), "--mode", "slide", "--workers",
+                 "0", "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["images"] == 4
+
+
 def test_bad_options_and_data_fail_clearly(data, tmp_path, capsys):
     assert main(["segment-train", str(tmp_path / "missing"), "--backbone", "mambaout_test"]) == 5
     assert "does not exist" in capsys.readouterr().err

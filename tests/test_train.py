@@ -234,6 +234,26 @@ def test_config_file_sets_defaults_and_flags_win(shapes, tmp_path, capsys):
     assert "learning_rate" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_img_size_h_w_trains_at_that_shape_and_names_the_run_with_it(shapes, tmp_path, monkeypatch, augment):
+    seen: list[tuple[int, ...]] = []
+    loss = train_module.ClassificationTask.loss
+
+    def recording(self, model, batch):
+        seen.append(tuple(batch.inputs.shape))
+        return loss(self, model, batch)
+
+    monkeypatch.setattr(train_module.ClassificationTask, "loss", recording)
+    options = dict({k: v for k, v in QUICK.items() if k != "no_aug" or not augment}, img_size=[32, 48], epochs=1,
+                   max_steps_per_epoch=2)  # fmt: skip
+    assert main(["train", str(shapes), *cli_flags(options), "--output", str(tmp_path)]) == 0
+    out = tmp_path / "mambaout_test-32x48"
+    assert yaml.safe_load((out / "args.yaml").read_text())["img_size"] == [32, 48]
+    assert seen and all(shape[1:] == (3, 32, 48) for shape in seen)
+    with pytest.raises(ConfigError, match="--img-size"):
+        TrainConfig(img_size=[32, 48, 64])
+
+
 def test_bad_options_fail_clearly(shapes, tmp_path, capsys):
     assert main(["train", str(shapes), "--model", "mambaout_tiniest", "--output", str(tmp_path)]) == 2
     assert "mambaout_tiny" in capsys.readouterr().err

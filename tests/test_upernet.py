@@ -128,6 +128,17 @@ def test_sliding_windows_cover_the_image_as_mmseg_places_them_and_average_overla
     assert windows == 6 and all(shape[-2:] == (64, 64) for shape in model.calls)
 
 
+def test_rectangular_windows_and_strides_are_placed_per_axis():
+    model = PixelwiseModel()
+    image = torch.randn(1, 3, 100, 130)
+    with torch.no_grad():
+        logits = slide_logits(model, image, crop_size=(48, 64), stride=(32, 42), window_batch=3)
+        torch.testing.assert_close(logits, model.proj(image), rtol=1e-5, atol=1e-6)
+    # rows = max(100 - 48 + 31, 0) // 32 + 1 = 3, cols = max(130 - 64 + 41, 0) // 42 + 1 = 3
+    assert sum(shape[0] for shape in model.calls) == 9
+    assert all(shape[-2:] == (48, 64) for shape in model.calls)
+
+
 def test_whole_mode_resizes_to_the_test_scale_keeping_the_aspect_ratio():
     model = PixelwiseModel()
     image = torch.randn(1, 3, 100, 300)
