@@ -469,11 +469,39 @@ def _batches(loader: DataLoader) -> Any:
     worker stays registered with torch's SIGCHLD handler, which would raise its error again anywhere later."""
     iterator = iter(loader)
     try:
-        yield iterator
+        yield _handed_over(iterator) if loader.num_workers else iterator
     finally:
         shutdown = getattr(iterator, "_shutdown_workers", None)  # only the multiprocessing iterator has workers
         if shutdown is not None:
             shutdown()
+
+
+def _handed_over(iterator: Any) -> Any:
+    """The batches of a loader with workers. A worker killed while it hands over a batch's shared memory surfaces
+    as a broken connection of that handover, not as torch's worker error: it is named as that error."""
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except (ConnectionError, EOFError) as e:
+            raise RuntimeError(f"DataLoader worker {_dead_worker(iterator)} while handing over a batch "
+                               f"({type(e).__name__}: {e})") from e  # fmt: skip
+        yield batch
+
+
+def _dead_worker(iterator: Any, wait_s: float = 5.0) -> str:
+    """How the loader's dead worker ended, as torch words it ('(pid 12) is killed by signal: Killed'), once the
+    worker is reaped (within `wait_s`)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        for worker in getattr(iterator, "_workers", []):
+            worker.join(timeout=0.05)
+            if worker.exitcode is not None and worker.exitcode < 0:
+                return f"(pid {worker.pid}) is killed by signal: {signal.strsignal(-worker.exitcode)}"
+            if worker.exitcode:
+                return f"(pid {worker.pid}) exited unexpectedly with exit code {worker.exitcode}"
+    return "died"
 
 
 @contextlib.contextmanager
