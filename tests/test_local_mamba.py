@@ -12,12 +12,15 @@ from conftest import reference
 from mambaout.analysis.flops import model_flops
 from mambaout.models.local_mamba import (
     MultiScan,
+    MultiScanMamba,
     local_reverse,
     local_scan,
     parse_direction,
     scan_indices,
 )
+from mambaout.models.vim import mamba_direction
 from mambaout.models.vmamba import LAYOUTS, SS2D
+from mambaout.ops import scan_backend
 from mambaout.registry import get_model_spec, weights_location
 
 OFFICIAL = {  # ours: (official name, family)
@@ -232,6 +235,54 @@ def test_local_vim_mixer_equals_the_official_equations(name):
             )
 
 
+def _per_direction_mixer(mixer, hidden, grid):
+    """The mixer as a loop over its directions (its algorithm before the grouped scan): permute, Vim's
+    `mamba_direction` with direction i's own modules, reverse, BiAttn, sum; the class token cut out before the
+    permutation and put in at the middle of each direction's sequence."""
+    height, width = grid
+    xz = mixer.in_proj(hidden).transpose(1, 2)
+    if mixer.mid_cls_token:
+        index = (xz.shape[-1] - 1) // 2
+        cls = xz[..., index : index + 1]
+        xz = torch.cat((xz[..., :index], xz[..., index + 1 :]), dim=-1)
+    out = 0
+    for i, direction in enumerate(mixer.directions):
+        seq = local_scan(xz, direction, height, width)
+        if mixer.mid_cls_token:
+            seq = torch.cat((seq[..., :index], cls, seq[..., index:]), dim=-1)
+        x, z = seq.chunk(2, dim=1)
+        y = mamba_direction(x, z, *mixer.direction(i))
+        if mixer.mid_cls_token:
+            y_cls = y[..., index : index + 1]
+            y = torch.cat((y[..., :index], y[..., index + 1 :]), dim=-1)
+        y = local_reverse(y, direction, height, width)
+        if mixer.mid_cls_token:
+            y = torch.cat((y[..., :index], y_cls, y[..., index:]), dim=-1)
+        out = out + mixer.attn(y.transpose(1, 2))
+    return mixer.out_proj(out)
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked", "numba"])
+@pytest.mark.parametrize("mid_cls_token", [False, True], ids=["no_cls", "mid_cls"])
+def test_local_vim_grouped_mixer_has_the_per_direction_loops_outputs_and_gradients(mid_cls_token, backend):
+    # 3x5: h / v_flip scan 15 steps, w3_flip 18 and w2 24 (padding inside the windows), so the grouped call pads
+    # three of the four directions at their end; the class token sits at step 7 of each. float64, rel 1e-10
+    grid = (3, 5)
+    mixer = MultiScanMamba(16, ("h", "v_flip", "w2", "w3_flip"), d_state=4, mid_cls_token=mid_cls_token)
+    mixer = _perturbed(mixer.double())
+    hidden = torch.randn(2, 15 + mid_cls_token, 16, dtype=torch.float64, requires_grad=True)
+    inputs = [hidden, *mixer.parameters()]
+    with scan_backend(backend):
+        grouped, expected = mixer(hidden, grid), _per_direction_mixer(mixer, hidden, grid)
+        torch.testing.assert_close(grouped, expected, rtol=1e-10, atol=1e-12)
+        cotangent = torch.randn_like(grouped)
+        grads = torch.autograd.grad((grouped * cotangent).sum(), inputs)
+        expected_grads = torch.autograd.grad((expected * cotangent).sum(), inputs)
+    names = ["hidden", *(name for name, _ in mixer.named_parameters())]
+    for name, grad, expected_grad in zip(names, grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
+
+
 def _rope_tables(dim, grid, pretrain=14):
     """EVA's VisionRotaryEmbeddingFast written out: channel j < C/2 turns with the row, the rest with the column,
     pair (2m, 2m+1) of each half at frequency 10000^(-2m / (C/2)), positions scaled by pretrain / grid."""
@@ -323,6 +374,31 @@ def test_local_vmamba_ss2d_equals_per_direction_scans_of_their_own_length():
         y = F.layer_norm(total, (inner,), p["out_norm.weight"], p["out_norm.bias"], 1e-5).view(2, 5, 5, inner)
         expected = (y * F.silu(z)) @ p["out_proj.weight"].T
         torch.testing.assert_close(ss2d(x), expected, rtol=1e-9, atol=1e-10)
+
+
+def test_local_vmamba_batched_scan_and_merge_have_the_per_direction_outputs_and_gradients():
+    # MultiScan's one gather in and one index_select out against a loop of local_scan / local_reverse (end-padded to
+    # the longest direction, BiAttn per direction, summed), float64; the ops only move numbers, so rel 1e-12
+    directions = ("h", "v_flip", "w2", "w3_flip")
+    multi_scan = _perturbed(MultiScan(directions, 8).double())
+    x = torch.randn(2, 8, 3, 5, dtype=torch.float64, requires_grad=True)
+    ys = torch.randn(2, 4, 8, 24, dtype=torch.float64, requires_grad=True)  # w2 on 3x5: 24 steps, the longest
+    scanned, merged = multi_scan.scan(x), multi_scan.merge(ys, 3, 5)
+    sequences = [local_scan(x.flatten(2), d, 3, 5) for d in directions]
+    expected_scanned = torch.stack([F.pad(s, (0, 24 - s.shape[-1])) for s in sequences], dim=1)
+    expected_merged = (
+        sum(multi_scan.attn(local_reverse(ys[:, k], d, 3, 5).transpose(1, 2)) for k, d in enumerate(directions))
+        .transpose(1, 2)
+        .reshape(2, 8, 3, 5)
+    )
+    torch.testing.assert_close(scanned, expected_scanned, rtol=0, atol=0)
+    torch.testing.assert_close(merged, expected_merged, rtol=1e-12, atol=1e-14)
+    inputs = [x, ys, *multi_scan.parameters()]
+    cotangents = torch.randn_like(scanned), torch.randn_like(merged)
+    grads = torch.autograd.grad((scanned * cotangents[0]).sum() + (merged * cotangents[1]).sum(), inputs)
+    expected = (expected_scanned * cotangents[0]).sum() + (expected_merged * cotangents[1]).sum()
+    for grad, expected_grad in zip(grads, torch.autograd.grad(expected, inputs), strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-14)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
