@@ -31,3 +31,8 @@ test: lint $(CHROMIUM)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+
+# on a machine with one NVIDIA GPU: scan accuracy, training steps, nccl DDP and throughput in one table (< 8 min)
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
