@@ -1,13 +1,16 @@
-"""Training and validation throughput of our MambaOut against timm's same model, driven by the same loops.
+"""Training and validation throughput of our MambaOut against timm's same model at its fastest on this CPU.
 
-Training: forward, backward and an AdamW step under bf16 autocast (batch 32, 224x224 by default) for
-`mambaout_femto`, ours and timm's, the same step function for both. Validation: `mambaout.engine.evaluate.evaluate`
-(the loop `mambaout validate` and training use) over in-memory batches at 224 for `mambaout_tiny`: ours as
-`mambaout validate` runs it (through `prepare_for_inference`) and timm's model as timm's validate.py runs it
-(eval mode, fp32). Cases alternate repeat by repeat in one process so a noisy machine slows them alike; the report
-gives medians, spreads and ours/timm ratios, and writes training_cpu.json and training_cpu.png under --out.
+Training (`--train-models`, MambaOut-Femto and -Tiny at batch 16 and 224 by default): one optimizer step, forward,
+cross-entropy, backward and AdamW, of ours as `mambaout train` runs it (the engine's precision: bf16 autocast where the
+CPU computes bf16 natively, else fp32; the Gated CNN block's fused training op; torch's fused AdamW) next to timm's
+same model in every configuration timm's train.py offers on a CPU (fp32 or bf16 autocast where native, NCHW or
+--channels-last, eager or, with --compile-timm, --torchcompile); the ratio is against the fastest of them.
+Validation: `mambaout.engine.evaluate.evaluate` over in-memory batches at 224 for `mambaout_tiny`, ours as
+`mambaout validate` runs it (`prepare_for_inference`) and timm's model as timm's validate.py runs it (eval, fp32).
+Cases alternate repeat by repeat in one process so a noisy machine slows them alike; the report gives medians,
+spreads and ratios, prints lscpu's model, and writes training_cpu.json and training_cpu.png under --out.
 
-    python benchmarks/training_cpu.py --repeats 5 --out benchmark_results
+    python benchmarks/training_cpu.py --repeats 3 --out benchmark_results
 
 --recipes: what training a family with its own recipe costs per step next to training it with MambaOut's recipe.
 For one model of each family, one optimizer step as the engine runs it: `ClassificationTask`'s model, mixup and loss
@@ -41,8 +44,8 @@ from torch import nn
 import mambaout
 from mambaout.engine.evaluate import evaluate
 from mambaout.engine.inference import cpu_supports_bf16, prepare_for_inference
-from mambaout.engine.loop import TrainStep
-from mambaout.engine.task import Batch
+from mambaout.engine.loop import TrainStep, training_precision
+from mambaout.engine.task import FUSED_OPTIMIZERS, Batch
 from mambaout.engine.train import ClassificationTask
 from mambaout.engine.train_config import TrainConfig
 
@@ -50,25 +53,52 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the backend
 
 
-def train_steps(model: nn.Module, steps: int, batch: int, size: int, dtype: torch.dtype | None) -> float:
-    """Seconds for `steps` optimizer steps (after one untimed warm-up step)."""
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 3, size, size)
-    y = torch.randint(0, 1000, (batch,))
+class TrainCase:
+    """One model's optimizer step (forward, cross-entropy, backward, AdamW) in one configuration."""
 
-    def step():
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = nn.functional.cross_entropy(model(x), y)
+    def __init__(self, model: nn.Module, batch: int, size: int, amp: torch.dtype | None, channels_last: bool = False,
+                 compiled: bool = False, fused_adamw: bool = False) -> None:  # fmt: skip
+        torch.manual_seed(0)
+        self.model = model.train()
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if compiled else self.model
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=fused_adamw or None)
+        self.amp = amp
+        self.images = torch.randn(batch, 3, size, size)
+        if channels_last:
+            self.images = self.images.contiguous(memory_format=torch.channels_last)
+        self.labels = torch.randint(0, 1000, (batch,))
+
+    def step(self) -> None:
+        with torch.autocast("cpu", dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            loss = nn.functional.cross_entropy(self.forward(self.images), self.labels)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return time.perf_counter() - start
+    def seconds(self, steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        return time.perf_counter() - start
+
+
+def train_cases(model_name: str, batch: int, size: int, compile_timm: bool) -> dict[str, TrainCase]:
+    """Ours as `mambaout train` runs it (the engine's precision for a recipe's --amp, fused AdamW) and timm's model in
+    every configuration timm's train.py offers on a CPU: fp32 or bf16 autocast (where the CPU has native bf16),
+    NCHW or --channels-last, eager or --torchcompile (with --compile-timm)."""
+    amp = torch.bfloat16 if training_precision("fp16", torch.device("cpu")) == "bf16" else None
+    fused = "adamw" in FUSED_OPTIMIZERS
+    cases = {"ours": TrainCase(mambaout.create_model(model_name), batch, size, amp, fused_adamw=fused)}
+    precisions = [("fp32", None)] + ([("bf16", torch.bfloat16)] if cpu_supports_bf16() else [])
+    for label, dtype in precisions:
+        for layout in ("nchw", "channels_last"):
+            for compiled in (False, True) if compile_timm else (False,):
+                name = f"timm {label} {layout}" + (" compiled" if compiled else "")
+                cases[name] = TrainCase(timm.create_model(model_name), batch, size, dtype,
+                                        channels_last=layout == "channels_last", compiled=compiled)  # fmt: skip
+    return cases
 
 
 def validation_seconds(model: nn.Module, batches: int, batch: int, size: int) -> float:
@@ -245,14 +275,16 @@ def recipes_main(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-model", default="mambaout_femto")
+    parser.add_argument("--train-models", nargs="+", default=["mambaout_femto", "mambaout_tiny"])
+    parser.add_argument("--compile-timm", action="store_true",
+                        help="also time timm's model under torch.compile (minutes of compilation per model)")
     parser.add_argument("--val-model", default="mambaout_tiny")
-    parser.add_argument("--train-batch", type=int, default=32)
+    parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--val-batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per training repeat")
     parser.add_argument("--val-batches", type=int, default=2, help="batches per validation repeat")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, default=Path("benchmark_results"))
     parser.add_argument(
@@ -275,58 +307,75 @@ def main() -> None:
         recipes_main(args)
         return
 
-    torch.manual_seed(0)
-    ours_train = mambaout.create_model(args.train_model)
-    timm_train = timm.create_model(args.train_model)
+    cpu = cpu_report()
+    print(f"CPU: {cpu['model']} ({', '.join(f for f, on in cpu['flags'].items() if on)}), "
+          f"native bf16 {cpu['native_bf16']}", flush=True)  # fmt: skip
+    rows, samples = [], {}
+    for model_name in args.train_models:
+        cases = train_cases(model_name, args.train_batch, args.size, args.compile_timm)
+        for case in cases.values():
+            case.step()  # untimed warm-up (compilation, first-call allocations)
+        rates: dict[str, list[float]] = {key: [] for key in cases}
+        order = list(cases)
+        for repeat in range(args.repeats):
+            for key in order[repeat % len(order) :] + order[: repeat % len(order)]:  # rotate the order each repeat
+                rates[key].append(args.steps * args.train_batch / cases[key].seconds(args.steps))
+                print(f"repeat {repeat}: train {model_name} {key:<28} {rates[key][-1]:7.2f} images/s", flush=True)
+        medians = {key: statistics.median(values) for key, values in rates.items()}
+        best = max((key for key in medians if key != "ours"), key=medians.get)
+        rows.append(dict(task="train", model=model_name, batch=args.train_batch, ours_images_per_s=medians["ours"],
+                         timm_images_per_s=medians[best], timm_config=best, ratio=medians["ours"] / medians[best],
+                         timm_configs=medians, ours_spread=max(rates["ours"]) - min(rates["ours"]),
+                         timm_spread=max(rates[best]) - min(rates[best])))  # fmt: skip
+        samples.update({f"train {model_name}/{key}": values for key, values in rates.items()})
+        del cases
+
     ours_val = prepare_for_inference(mambaout.create_model(args.val_model), device="cpu")
     timm_val = timm.create_model(args.val_model).eval()
-    images_train = args.steps * args.train_batch
     images_val = args.val_batches * args.val_batch
-    cases = {
-        ("train", "ours"): lambda: images_train / train_steps(ours_train, args.steps, args.train_batch, args.size,
-                                                              torch.bfloat16),
-        ("train", "timm"): lambda: images_train / train_steps(timm_train, args.steps, args.train_batch, args.size,
-                                                              torch.bfloat16),
-        ("validate", "ours"): lambda: images_val / validation_seconds(ours_val, args.val_batches, args.val_batch,
-                                                                      args.size),
-        ("validate", "timm"): lambda: images_val / validation_seconds(timm_val, args.val_batches, args.val_batch,
-                                                                      args.size),
-    }  # fmt: skip
-    rates: dict[tuple[str, str], list[float]] = {key: [] for key in cases}
-    order = list(cases)
+    val_cases = {"ours": ours_val, "timm": timm_val}
+    val_rates: dict[str, list[float]] = {key: [] for key in val_cases}
     for repeat in range(args.repeats):
-        for key in order[repeat % len(order) :] + order[: repeat % len(order)]:  # rotate the order each repeat
-            rates[key].append(cases[key]())
-            print(f"repeat {repeat}: {key[0]:<8} {key[1]:<4} {rates[key][-1]:7.2f} images/s", flush=True)
+        for key in ("ours", "timm") if repeat % 2 == 0 else ("timm", "ours"):
+            val_rates[key].append(images_val / validation_seconds(val_cases[key], args.val_batches, args.val_batch,
+                                                                  args.size))  # fmt: skip
+            print(f"repeat {repeat}: validate {key:<4} {val_rates[key][-1]:7.2f} images/s", flush=True)
+    ours, theirs = statistics.median(val_rates["ours"]), statistics.median(val_rates["timm"])
+    rows.append(dict(task="validate", model=args.val_model, batch=args.val_batch, ours_images_per_s=ours,
+                     timm_images_per_s=theirs, timm_config="timm fp32 eval", ratio=ours / theirs,
+                     ours_spread=max(val_rates["ours"]) - min(val_rates["ours"]),
+                     timm_spread=max(val_rates["timm"]) - min(val_rates["timm"])))  # fmt: skip
+    samples.update({f"validate/{key}": values for key, values in val_rates.items()})
 
-    rows = []
-    for task, model_name, batch in (("train", args.train_model, args.train_batch),
-                                     ("validate", args.val_model, args.val_batch)):  # fmt: skip
-        ours, theirs = (statistics.median(rates[(task, who)]) for who in ("ours", "timm"))
-        rows.append(dict(task=task, model=model_name, batch=batch, ours_images_per_s=ours,
-                         timm_images_per_s=theirs, ratio=ours / theirs,
-                         ours_spread=max(rates[(task, "ours")]) - min(rates[(task, "ours")]),
-                         timm_spread=max(rates[(task, "timm")]) - min(rates[(task, "timm")])))  # fmt: skip
-    print(f"\n{args.size}x{args.size}, {args.threads} threads, median of {args.repeats} interleaved repeats")
-    print(f"{'task':<9} {'model':<16} {'batch':>5} {'ours img/s':>11} {'timm img/s':>11} {'ours/timm':>10}")
+    print(f"\n{args.size}x{args.size}, {args.threads} threads, median of {args.repeats} interleaved repeats, "
+          f"CPU {cpu['model']}\n")  # fmt: skip
+    print("| task | model | batch | ours images/s | timm's best images/s | timm's best configuration | ours / timm |")
+    print("|---|---|---:|---:|---:|---|---:|")
     for r in rows:
-        print(f"{r['task']:<9} {r['model']:<16} {r['batch']:>5} {r['ours_images_per_s']:>11.2f} "
-              f"{r['timm_images_per_s']:>11.2f} {r['ratio']:>9.2f}x")  # fmt: skip
+        print(f"| {r['task']} | {r['model']} | {r['batch']} | {r['ours_images_per_s']:.2f} | "
+              f"{r['timm_images_per_s']:.2f} | {r['timm_config']} | {r['ratio']:.2f}x |")  # fmt: skip
+    for r in rows:
+        if "timm_configs" in r:
+            print(f"{r['model']}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["timm_configs"].items()))
 
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = dict(torch=torch.__version__, timm=timm.__version__, machine=platform.processor() or platform.machine(),
-                threads=args.threads, size=args.size, repeats=args.repeats,
-                train="bf16 autocast, AdamW", validate="fp32, mambaout.engine.evaluate")  # fmt: skip
-    (args.out / "training_cpu.json").write_text(json.dumps(dict(meta=meta, rows=rows, samples={
-        f"{task}/{who}": values for (task, who), values in rates.items()}), indent=2))  # fmt: skip
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    meta = dict(torch=torch.__version__, timm=timm.__version__, cpu=cpu, threads=args.threads, size=args.size,
+                repeats=args.repeats, steps=args.steps,
+                train="forward + cross-entropy + backward + AdamW; ours with the engine's precision and fused AdamW",
+                validate="fp32, mambaout.engine.evaluate")  # fmt: skip
+    (args.out / "training_cpu.json").write_text(json.dumps(dict(meta=meta, rows=rows, samples=samples), indent=2))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
     labels = [f"{r['task']}\n{r['model']}" for r in rows]
     positions = range(len(rows))
     ax.bar([p - 0.2 for p in positions], [r["ours_images_per_s"] for r in rows], 0.4, label="mambaout")
-    ax.bar([p + 0.2 for p in positions], [r["timm_images_per_s"] for r in rows], 0.4, label="timm")
+    ax.bar([p + 0.2 for p in positions], [r["timm_images_per_s"] for r in rows], 0.4, label="timm's best")
+    for p, r in zip(positions, rows):
+        ax.annotate(f"{r['ratio']:.2f}x", (p, max(r["ours_images_per_s"], r["timm_images_per_s"])), ha="center",
+                    va="bottom", fontsize=8)  # fmt: skip
     ax.set_xticks(list(positions), labels)
     ax.set_ylabel("images/s")
-    ax.set_title(f"{args.size}x{args.size} on {args.threads} CPU threads (median of {args.repeats})")
+    ax.set_title(f"{args.size}x{args.size} on {args.threads} CPU threads, {cpu['model']} (median of {args.repeats})",
+                 fontsize=9)  # fmt: skip
     ax.legend()
     fig.tight_layout()
     fig.savefig(args.out / "training_cpu.png", dpi=100)

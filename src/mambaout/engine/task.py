@@ -61,6 +61,10 @@ class Metric:
         return old is None or (new > old if self.higher_is_better else new < old)
 
 
+# optimizers (timm names) that take torch's fused=True on CPU and CUDA
+FUSED_OPTIMIZERS = ("adamw", "adam")
+
+
 class Task(ABC):
     """Base class of a training task. Subclasses implement the abstract methods; the rest have defaults."""
 
@@ -129,6 +133,10 @@ class Task(ABC):
         """timm's optimizer over the decay / no-decay groups of the recipe's official rule (`--no-weight-decay`)."""
         c = self.config
         options = {k: v for k, v in (("betas", c.opt_betas), ("eps", c.opt_eps)) if v is not None}
+        if c.opt in FUSED_OPTIMIZERS:
+            # torch's fused kernel: one pass over all parameters instead of ~10 ops per tensor (3.5x faster for
+            # MambaOut-F on CPU); the same update rule as the recipes' torch AdamW
+            options["fused"] = True
         groups = param_groups(model, c.weight_decay, c.no_weight_decay)
         return create_optimizer_v2(groups, opt=c.opt, lr=lr, weight_decay=c.weight_decay, momentum=c.momentum,
                                    **options)
