@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 
 import mambaout
+from _machine import cpu_model
 from mambaout.dense.upernet import create_segmenter
 from mambaout.engine.checkpointing import CheckpointKeeper, capture_rng, load_training_checkpoint
 from mambaout.engine.inference import cpu_supports_bf16
@@ -36,11 +36,6 @@ CASES = {
 }
 
 
-def cpu_model() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def build(kind: str, size: int, batch: int):

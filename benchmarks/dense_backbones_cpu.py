@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import platform
 import statistics
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +28,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
+from _machine import cpu_model
 from mambaout import create_backbone
 from mambaout.analysis.benchmark_case import TIMM_PREFIX, _memory_before_timing, _peak_rss_bytes, classify_failure
 from mambaout.analysis.flops import count_macs
@@ -117,12 +116,6 @@ def gmacs(name: str, size: tuple[int, int]) -> float | None:
         return None
 
 
-def cpu_model() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def summarise(samples: dict[tuple[str, tuple[int, int]], list[dict]], models, sizes) -> list[dict[str, Any]]:

@@ -33,8 +33,6 @@ import contextlib
 import copy
 import json
 import math
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +48,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 import mambaout
+from _machine import cpu_model
 from mambaout.engine.inference import InferenceModel, prepare_for_inference
 from mambaout.engine.loop import TrainStep
 from mambaout.engine.task import Batch
@@ -563,13 +562,6 @@ def _version(module: str) -> str:
         return "not installed"
 
 
-def cpu_model() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
-    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")]
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def _cell(text: str) -> str:

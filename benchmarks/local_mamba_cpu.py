@@ -22,7 +22,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import mambaout
+from _machine import cpu_model
 from mambaout.engine.inference import cpu_supports_bf16
 
 matplotlib.use("Agg")
@@ -55,11 +55,6 @@ class Case:
         return f"{self.mode}, {self.precision}"
 
 
-def cpu_model() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def _autocast(precision: str) -> torch.autocast:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
+from _machine import cpu_model
 from mambaout.data.synthetic_coco import draw_scene
 from mambaout.dense.detection import create_detector
 from mambaout.engine.inference import cpu_supports_bf16
@@ -33,12 +32,6 @@ from mambaout.engine.inference import cpu_supports_bf16
 HEADS = dict(box_score_thresh=0.0, box_detections_per_img=100)
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def test_image(height: int, width: int) -> torch.Tensor:

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from _machine import cpu_model
+
 MIB = 2**20
 DEFAULT_MODELS = ("mambaout_tiny", "vmamba_tiny", "vim_tiny", "timm:mambaout_tiny")
 BASELINE = "timm:mambaout_tiny"
@@ -144,13 +146,6 @@ def measure_in_subprocess(spec: str, batch: int, size: int, steps: int = 1, devi
 # The report
 
 
-def cpu_model() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (no lscpu)"
-    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")]
-    return names[0] if names else "unknown"
 
 
 def add_ratios(rows: list[dict], baseline: str) -> None:

@@ -14,6 +14,8 @@ def _load(name: str):
     """A benchmark script as a module (benchmarks/ is no package); registered first, as dataclasses look it up."""
     if name in sys.modules:
         return sys.modules[name]
+    if str(REPO / "benchmarks") not in sys.path:  # as when run as a script: its siblings (_machine) import
+        sys.path.insert(0, str(REPO / "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

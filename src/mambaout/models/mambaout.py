@@ -90,6 +90,10 @@ class Downsample(nn.Module):
 
 
 class GatedCNNBlock(nn.Module):
+    # eager training runs fc1's output through one autograd op (ops/gated_conv.py); subclasses that change the
+    # projection turn it off
+    fused_training = True
+
     def __init__(
         self,
         dim: int,
@@ -112,10 +116,6 @@ class GatedCNNBlock(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.ls = LayerScale(dim, ls_init_value) if ls_init_value is not None else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-
-    # training runs fc1's output through one autograd op (ops/gated_conv.py); subclasses that change the projection
-    # turn it off
-    fused_training = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -140,13 +140,13 @@ class GatedCNNBlock(nn.Module):
     @staticmethod
     def _gated(gate: torch.Tensor, identity: torch.Tensor, conv: torch.Tensor) -> torch.Tensor:
         """gate * concat(identity, conv), in the form that is fastest where it runs."""
+        if torch.is_grad_enabled():
+            # training: concatenating first keeps the backward free of zero-filled gradients of gate's slices
+            return gate * torch.cat((identity, conv), dim=-1)
         split = identity.shape[-1]
         if torch.compiler.is_compiling():
             # inductor computes each product straight into its slice of the result
             return torch.cat((gate[..., :split] * identity, gate[..., split:] * conv), dim=-1)
-        if torch.is_grad_enabled():
-            # concatenating first keeps the backward free of zero-filled gradients of gate's slices
-            return gate * torch.cat((identity, conv), dim=-1)
         # eager inference: both products into one buffer, skipping the copy of the block's widest tensor that
         # concatenating first costs (about a tenth of the block's CPU time; out= has no autograd)
         out = torch.empty_like(gate)
@@ -164,7 +164,7 @@ class SplitProjectionBlock(GatedCNNBlock):
 
     def __init__(self, block: GatedCNNBlock):
         nn.Module.__init__(self)
-        self.split_sizes, self.activation = block.split_sizes, block.activation
+        self.split_sizes = block.split_sizes
         self.norm, self.act, self.conv, self.fc2 = block.norm, block.act, block.conv, block.fc2
         self.ls, self.drop_path = block.ls, block.drop_path
         rows = block.split_sizes[0] + block.split_sizes[1]
