@@ -2,12 +2,16 @@
 
 Training (`--train-models`, MambaOut-Femto and -Tiny at batch 16 and 224 by default): one optimizer step, forward,
 cross-entropy, backward and AdamW, of ours as `mambaout train` runs it (the engine's precision: bf16 autocast where the
-CPU computes bf16 natively, else fp32; the Gated CNN block's fused training op; torch's fused AdamW) next to timm's
-same model in every configuration timm's train.py offers on a CPU (fp32 or bf16 autocast where native, NCHW or
---channels-last, eager or, with --compile-timm, --torchcompile); the ratio is against the fastest of them.
+CPU computes bf16 natively, else fp32; the Gated CNN block's fused training op; torch's fused AdamW; freed memory kept
+in the heap, `--keep-freed-memory`) next to timm's same model in every configuration timm's train.py offers on a CPU
+(fp32 or bf16 autocast where native, NCHW or --channels-last, eager or, with --compile-timm, --torchcompile); the ratio
+is against the fastest of them. Each repeat of a case runs in a fresh process of its own, one process at a time,
+after --warmup-steps untimed steps, so that heap settings stay with their case; every timm configuration runs once
+more in a process that keeps freed memory (as MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1 would), reported beside as
+the ratio without that part of our gain.
 Validation: `mambaout.engine.evaluate.evaluate` over in-memory batches at 224 for `mambaout_tiny`, ours as
 `mambaout validate` runs it (`prepare_for_inference`) and timm's model as timm's validate.py runs it (eval, fp32).
-Cases alternate repeat by repeat in one process so a noisy machine slows them alike; the report gives medians,
+Cases alternate repeat by repeat, one at a time, so a noisy machine slows them alike; the report gives medians,
 spreads and ratios, prints lscpu's model, and writes training_cpu.json and training_cpu.png under --out.
 
     python benchmarks/training_cpu.py --repeats 3 --out benchmark_results
@@ -29,11 +33,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import re
 import statistics
 import subprocess
 import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import matplotlib
@@ -43,6 +50,7 @@ from torch import nn
 
 import mambaout
 from mambaout.engine.evaluate import evaluate
+from mambaout.engine.host_memory import keep_freed_memory
 from mambaout.engine.inference import cpu_supports_bf16, prepare_for_inference
 from mambaout.engine.loop import TrainStep, training_precision
 from mambaout.engine.task import FUSED_OPTIMIZERS, Batch
@@ -84,21 +92,68 @@ class TrainCase:
         return time.perf_counter() - start
 
 
-def train_cases(model_name: str, batch: int, size: int, compile_timm: bool) -> dict[str, TrainCase]:
-    """Ours as `mambaout train` runs it (the engine's precision for a recipe's --amp, fused AdamW) and timm's model in
-    every configuration timm's train.py offers on a CPU: fp32 or bf16 autocast (where the CPU has native bf16),
-    NCHW or --channels-last, eager or --torchcompile (with --compile-timm)."""
+@dataclass(frozen=True)
+class CaseSpec:
+    """How one training case is built and in what kind of process it runs."""
+
+    ours: bool
+    amp: torch.dtype | None = None
+    channels_last: bool = False
+    compiled: bool = False
+    kept_memory: bool = False  # the process keeps freed memory (`mambaout train` on a CPU does; timm's train.py not)
+
+    def build(self, model_name: str, batch: int, size: int) -> TrainCase:
+        model = (mambaout if self.ours else timm).create_model(model_name)
+        return TrainCase(model, batch, size, self.amp, self.channels_last, self.compiled,
+                         fused_adamw=self.ours and "adamw" in FUSED_OPTIMIZERS)  # fmt: skip
+
+
+TIMM_KEPT = " +kept memory"  # timm's configurations in a process that keeps freed memory: not timm's train.py
+
+
+def case_specs(compile_timm: bool) -> dict[str, CaseSpec]:
+    """Ours as `mambaout train` runs it (the engine's precision for a recipe's --amp, fused AdamW, freed memory kept
+    as TrainConfig.keep_freed_memory does by default) and timm's model in every configuration timm's train.py offers
+    on a CPU: fp32 or bf16 autocast (where the CPU has native bf16), NCHW or --channels-last, eager or --torchcompile
+    (with --compile-timm); each timm configuration again in a process that keeps freed memory, for reference."""
     amp = torch.bfloat16 if training_precision("fp16", torch.device("cpu")) == "bf16" else None
-    fused = "adamw" in FUSED_OPTIMIZERS
-    cases = {"ours": TrainCase(mambaout.create_model(model_name), batch, size, amp, fused_adamw=fused)}
+    specs = {"ours": CaseSpec(ours=True, amp=amp, kept_memory=TrainConfig.keep_freed_memory)}
     precisions = [("fp32", None)] + ([("bf16", torch.bfloat16)] if cpu_supports_bf16() else [])
-    for label, dtype in precisions:
-        for layout in ("nchw", "channels_last"):
-            for compiled in (False, True) if compile_timm else (False,):
-                name = f"timm {label} {layout}" + (" compiled" if compiled else "")
-                cases[name] = TrainCase(timm.create_model(model_name), batch, size, dtype,
-                                        channels_last=layout == "channels_last", compiled=compiled)  # fmt: skip
-    return cases
+    for kept in (False, True):
+        for label, dtype in precisions:
+            for layout in ("nchw", "channels_last"):
+                for compiled in (False, True) if compile_timm else (False,):
+                    name = f"timm {label} {layout}" + (" compiled" if compiled else "") + (TIMM_KEPT if kept else "")
+                    specs[name] = CaseSpec(ours=False, amp=dtype, channels_last=layout == "channels_last",
+                                           compiled=compiled, kept_memory=kept)  # fmt: skip
+    return specs
+
+
+def _case_process(conn: Connection, spec: CaseSpec, model_name: str, batch: int, size: int, threads: int,
+                  warmup: int, steps: int) -> None:  # fmt: skip
+    torch.set_num_threads(threads)
+    if spec.kept_memory:
+        keep_freed_memory()
+    case = spec.build(model_name, batch, size)
+    case.seconds(warmup)  # untimed: compilation, first-call allocations, malloc's adaptive thresholds settling
+    conn.send(case.seconds(steps))
+
+
+def case_seconds(spec: CaseSpec, model_name: str, batch: int, size: int, threads: int, warmup: int,
+                 steps: int) -> float:  # fmt: skip
+    """Seconds for `steps` optimizer steps of one case in a fresh process of its own, the only one running: each
+    case's heap settings stay its own and no idle case holds memory while another runs."""
+    context = multiprocessing.get_context("spawn")
+    conn, child = context.Pipe(duplex=False)
+    process = context.Process(target=_case_process, args=(child, spec, model_name, batch, size, threads, warmup, steps))
+    process.start()
+    child.close()
+    try:
+        return conn.recv()
+    except EOFError:
+        raise RuntimeError(f"{model_name} ({spec}) died with exit code {process.join() or process.exitcode}") from None
+    finally:
+        process.join()
 
 
 def validation_seconds(model: nn.Module, batches: int, batch: int, size: int) -> float:
@@ -282,7 +337,8 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--val-batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=2, help="optimizer steps per training repeat")
+    parser.add_argument("--steps", type=int, default=2, help="timed optimizer steps per training repeat")
+    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed optimizer steps before them")
     parser.add_argument("--val-batches", type=int, default=2, help="batches per validation repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -311,24 +367,25 @@ def main() -> None:
     print(f"CPU: {cpu['model']} ({', '.join(f for f, on in cpu['flags'].items() if on)}), "
           f"native bf16 {cpu['native_bf16']}", flush=True)  # fmt: skip
     rows, samples = [], {}
+    specs = case_specs(args.compile_timm)
     for model_name in args.train_models:
-        cases = train_cases(model_name, args.train_batch, args.size, args.compile_timm)
-        for case in cases.values():
-            case.step()  # untimed warm-up (compilation, first-call allocations)
-        rates: dict[str, list[float]] = {key: [] for key in cases}
-        order = list(cases)
+        rates: dict[str, list[float]] = {key: [] for key in specs}
+        order = list(specs)
         for repeat in range(args.repeats):
             for key in order[repeat % len(order) :] + order[: repeat % len(order)]:  # rotate the order each repeat
-                rates[key].append(args.steps * args.train_batch / cases[key].seconds(args.steps))
-                print(f"repeat {repeat}: train {model_name} {key:<28} {rates[key][-1]:7.2f} images/s", flush=True)
+                seconds = case_seconds(specs[key], model_name, args.train_batch, args.size, args.threads,
+                                       args.warmup_steps, args.steps)  # fmt: skip
+                rates[key].append(args.steps * args.train_batch / seconds)
+                print(f"repeat {repeat}: train {model_name} {key:<40} {rates[key][-1]:7.2f} images/s", flush=True)
         medians = {key: statistics.median(values) for key, values in rates.items()}
-        best = max((key for key in medians if key != "ours"), key=medians.get)
+        best = max((key for key in medians if key != "ours" and TIMM_KEPT not in key), key=medians.get)
+        best_kept = max((key for key in medians if TIMM_KEPT in key), key=medians.get)
         rows.append(dict(task="train", model=model_name, batch=args.train_batch, ours_images_per_s=medians["ours"],
                          timm_images_per_s=medians[best], timm_config=best, ratio=medians["ours"] / medians[best],
+                         timm_kept_config=best_kept, ratio_to_timm_kept=medians["ours"] / medians[best_kept],
                          timm_configs=medians, ours_spread=max(rates["ours"]) - min(rates["ours"]),
                          timm_spread=max(rates[best]) - min(rates[best])))  # fmt: skip
         samples.update({f"train {model_name}/{key}": values for key, values in rates.items()})
-        del cases
 
     ours_val = prepare_for_inference(mambaout.create_model(args.val_model), device="cpu")
     timm_val = timm.create_model(args.val_model).eval()
@@ -357,6 +414,8 @@ def main() -> None:
     for r in rows:
         if "timm_configs" in r:
             print(f"{r['model']}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["timm_configs"].items()))
+            print(f"  ours / timm's best in a process that keeps freed memory ({r['timm_kept_config']}, not what "
+                  f"timm's train.py runs): {r['ratio_to_timm_kept']:.2f}x")
 
     args.out.mkdir(parents=True, exist_ok=True)
     meta = dict(torch=torch.__version__, timm=timm.__version__, cpu=cpu, threads=args.threads, size=args.size,

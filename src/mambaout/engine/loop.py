@@ -48,6 +48,7 @@ from .checkpointing import (
     restore_rng,
     resume_position,
 )
+from .host_memory import keep_freed_memory
 from .inference import PRECISIONS, cpu_supports_bf16
 from .run_log import RunLog
 from .task import Batch, Task, TaskParts
@@ -175,6 +176,8 @@ class StopSignals:
 def _fit(task: Task, env: distributed.Distributed) -> FitResult:
     config = task.config
     random_seed(config.seed, env.rank)
+    if config.keep_freed_memory and env.device.type == "cpu":
+        keep_freed_memory()  # before the data loaders' workers fork, so that they keep theirs too
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
