@@ -275,13 +275,13 @@ def plot(results: dict, path: Path) -> None:
     models = list(results["models"])
     batch_keys = list(next(iter(results["models"].values()))["images_per_second"][REFERENCE])
     fig, axes = plt.subplots(len(batch_keys), len(models), figsize=(4.5 * len(models), 3.8 * len(batch_keys)),
-                             squeeze=False)  # fmt: skip
+                             squeeze=False)
     for row, key in enumerate(batch_keys):
         for ax, name in zip(axes[row], models):
             speeds = results["models"][name]["images_per_second"]
             labels = list(speeds)
             ax.barh(labels, [speeds[b][key]["median"] for b in labels],
-                    color=["tab:orange" if b.startswith("ours_") else "tab:blue" for b in labels])  # fmt: skip
+                    color=["tab:orange" if b.startswith("ours_") else "tab:blue" for b in labels])
             ax.set_title(f"{name}, {key.replace('_', ' ')}")
             ax.set_xlabel("images/s (median)")
             ax.tick_params(axis="y", labelsize=7)
@@ -333,7 +333,7 @@ def main() -> None:
     (out / "deploy_cpu.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "deploy_cpu.png")
     print(f"CPU: {results['cpu']['model']} ({', '.join(results['cpu']['flags_of_note'])}); "
-          f"torch capability {results['torch_cpu_capability']}, ISA cap {results['isa_cap'] or 'none'}")  # fmt: skip
+          f"torch capability {results['torch_cpu_capability']}, ISA cap {results['isa_cap'] or 'none'}")
     for name, entry in results["models"].items():
         for backend, by_batch in entry["images_per_second"].items():
             speeds = "  ".join(f"{k} {v['median']:7.1f} img/s" for k, v in by_batch.items())

@@ -54,7 +54,7 @@ def part_timers(channels: int, side: int, kernel: int, batch: int, dtype: torch.
         )
 
     return dict(forward=lambda: F.conv2d(x, weight, padding=pad, groups=channels),
-                input_grad=backward([True, False, False]), weight_grad=backward([False, True, False]))  # fmt: skip
+                input_grad=backward([True, False, False]), weight_grad=backward([False, True, False]))
 
 
 def milliseconds(run, calls: int) -> float:
@@ -102,14 +102,14 @@ def main() -> None:
         channels, side, kernel, dtype, channels_last = key
         ms = {part: statistics.median(samples[(key, part)]) for part in PARTS}
         rows.append(dict(channels=channels, size=side, kernel=kernel, dtype=dtype, channels_last=channels_last,
-                         **{f"{part}_ms": value for part, value in ms.items()}))  # fmt: skip
+                         **{f"{part}_ms": value for part, value in ms.items()}))
         print(f"| {channels} | {side} | {dtype} | {'channels-last' if channels_last else 'NCHW'} | "
               f"{ms['forward']:.2f} | {ms['input_grad']:.2f} ({ms['input_grad'] / ms['forward']:.1f}x) | "
-              f"{ms['weight_grad']:.2f} ({ms['weight_grad'] / ms['forward']:.1f}x) |")  # fmt: skip
+              f"{ms['weight_grad']:.2f} ({ms['weight_grad'] / ms['forward']:.1f}x) |")
 
     args.out.mkdir(parents=True, exist_ok=True)
     meta = dict(torch=torch.__version__, cpu=cpu, threads=args.threads, batch=args.batch, repeats=args.repeats,
-                calls=args.calls, models=args.models)  # fmt: skip
+                calls=args.calls, models=args.models)
     (args.out / "depthwise_backward_cpu.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     bf16_cl = [r for r in rows if r["dtype"] == "bfloat16" and r["channels_last"]]
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -119,7 +119,7 @@ def main() -> None:
     ax.set_xticks(list(positions), [f"{r['channels']} ch\n{r['size']}x{r['size']}" for r in bf16_cl])
     ax.set_ylabel("ms per call")
     ax.set_title(f"Depthwise {shapes[0][2]}x{shapes[0][2]} conv, bf16 channels-last, batch {args.batch}, "
-                 f"{args.threads} CPU threads", fontsize=9)  # fmt: skip
+                 f"{args.threads} CPU threads", fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(args.out / "depthwise_backward_cpu.png", dpi=100)

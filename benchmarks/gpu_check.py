@@ -130,9 +130,9 @@ class ScanCase:
 
     def describe(self) -> str:
         bc = f"({self.batch}, {self.directions}, {self.state}, {self.length})" if self.grouped else (
-            f"({self.batch}, {self.state}, {self.length})")  # fmt: skip
+            f"({self.batch}, {self.state}, {self.length})")
         return (f"u ({self.batch}, {self.directions}x{self.inner}, {self.length}), B/C {bc}, "
-                f"{'z, ' if self.gate else ''}D, delta_bias, softplus")  # fmt: skip
+                f"{'z, ' if self.gate else ''}D, delta_bias, softplus")
 
 
 # VMamba-T (v0, `vmamba_tiny`) stage 1 at 224: 56x56 tokens, 4 directions x d_inner 2 x 96, N 16, no z in the scan.
@@ -145,16 +145,16 @@ VMAMBA2_S1 = ScanCase("VMamba-T[s1l8] stage 1", 2, 4, 96, 1, 3136, grouped=True,
 VIM_TI = ScanCase("Vim-Ti", 8, 1, 384, 16, 197, grouped=False, gate=True)
 SMOKE_SCANS = (replace(VMAMBA_S1, batch=1, inner=4, state=4, length=49),
                replace(VMAMBA2_S1, batch=1, inner=4, length=49),
-               replace(VIM_TI, batch=2, inner=8, state=4, length=17))  # fmt: skip
+               replace(VIM_TI, batch=2, inner=8, state=4, length=17))
 
 # error / max |ref| allowed, (forward, backward); tests/test_scan_triton.py's tolerances. bf16 rounds outputs and input
 # gradients to 8 bits (2^-8 = 3.9e-3 of the element, less of the maximum).
 SCAN_TOLERANCES = {torch.float32: (1e-5, 1e-4), torch.bfloat16: (1e-2, 1e-2)}
 
 TRAIN_MODELS = ("mambaout_tiny", "vmamba_tiny", "vim_tiny", "local_vim_tiny", "local_vmamba_tiny", "plainmamba_l1",
-                "deit_tiny")  # fmt: skip
+                "deit_tiny")
 SMOKE_TRAIN_MODELS = ("mambaout_test", "vmamba_test", "vim_test", "local_vim_test", "local_vmamba_test",
-                      "plainmamba_test", "deit_test")  # fmt: skip
+                      "plainmamba_test", "deit_test")
 NUM_CLASSES = 10
 # A fixed lr for every family: the recipes' peak lrs are set for global batches of 1024-4096 after a warmup, and a
 # batch of 8 overfits at this one without diverging.
@@ -224,11 +224,11 @@ def make_settings(device: torch.device, smoke: bool, scan_backend: str | None = 
         return Settings(device, True, scan_backend, SMOKE_SCANS, SMOKE_TRAIN_MODELS, train_batch=4, train_size=64,
                         train_steps=6, ddp_model="mambaout_test", ddp_size=64, speeds=SMOKE_SPEEDS, bench_batch=2,
                         bench_size=64, bench_warmup=1, bench_iters=2, compile_backend="eager",
-                        budgets=SMOKE_BUDGETS)  # fmt: skip
+                        budgets=SMOKE_BUDGETS)
     return Settings(device, False, scan_backend, (VMAMBA_S1, VMAMBA2_S1, VIM_TI), TRAIN_MODELS, train_batch=8,
                     train_size=224, train_steps=20, ddp_model="mambaout_femto", ddp_size=224, speeds=SPEEDS,
                     bench_batch=256, bench_size=224, bench_warmup=3, bench_iters=10, compile_backend=None,
-                    budgets=GPU_BUDGETS)  # fmt: skip
+                    budgets=GPU_BUDGETS)
 
 
 def _numba_importable() -> bool:
@@ -297,7 +297,7 @@ def _errors(actual: Tensor, expected: Tensor) -> tuple[float, float]:
 
 
 def scan_rows(case: ScanCase, dtype: torch.dtype, settings: Settings, scan: ScanFn | None = None,
-              name: str | None = None) -> list[Row]:  # fmt: skip
+              name: str | None = None) -> list[Row]:
     """A forward row and a backward row: `scan` (default: the settings' backend) against the float64 reference."""
     device = settings.device
     scan = scan or backend_scan(settings.scan_backend)
@@ -320,7 +320,7 @@ def scan_rows(case: ScanCase, dtype: torch.dtype, settings: Settings, scan: Scan
     rows = [Row("scan", f"{label}, forward", "PASS" if fwd_ok else "FAIL",
                 f"worst {worst_fwd}: max|err| {fwd[worst_fwd][0]:.2e}, /max|ref| {fwd[worst_fwd][1]:.2e} "
                 f"(tol {fwd_tol:g}); {case.describe()}", seconds=fwd_s + ref_fwd_s,
-                data=dict(errors=fwd, tolerance=fwd_tol, seconds=fwd_s))]  # fmt: skip
+                data=dict(errors=fwd, tolerance=fwd_tol, seconds=fwd_s))]
 
     missing = [k for k in ref_grads if grads.get(k) is None]
     bwd = {k: _errors(grads[k], ref_grads[k]) for k in ref_grads if k not in missing}
@@ -331,7 +331,7 @@ def scan_rows(case: ScanCase, dtype: torch.dtype, settings: Settings, scan: Scan
     if missing:
         measured = f"no gradient for {', '.join(missing)}; " + measured
     rows.append(Row("scan", f"{label}, backward", "PASS" if bwd_ok else "FAIL", measured, seconds=bwd_s + ref_bwd_s,
-                    data=dict(errors=bwd, missing=missing, tolerance=bwd_tol, seconds=bwd_s)))  # fmt: skip
+                    data=dict(errors=bwd, missing=missing, tolerance=bwd_tol, seconds=bwd_s)))
     return rows
 
 
@@ -354,7 +354,7 @@ def train_row(model_name: str, settings: Settings) -> list[Row]:
     torch.manual_seed(0)
     config = TrainConfig(model=model_name, device=device.type, batch_size=batch, img_size=size,
                          num_classes=NUM_CLASSES, amp="bf16", mixup=0.0, cutmix=0.0, smoothing=0.0, drop_path=0.0,
-                         model_ema_decay=0.0)  # fmt: skip
+                         model_ema_decay=0.0)
     task = ClassificationTask(config)
     task.world_size = 1
     model = task.build_model(NUM_CLASSES).to(device)
@@ -388,12 +388,12 @@ def train_row(model_name: str, settings: Settings) -> list[Row]:
         f"images/s ({step.amp or 'fp32'} autocast, clip {config.clip_grad}, {config.opt} lr {TRAIN_LR:g})"
     )
     return [Row("train", f"{model_name} batch {batch} at {size}", "PASS" if ok else "FAIL", measured,
-                seconds=end - start, data=dict(losses=losses, images_per_s=rate, amp=step.amp))]  # fmt: skip
+                seconds=end - start, data=dict(losses=losses, images_per_s=rate, amp=step.amp))]
 
 
 def train_section(settings: Settings) -> list[Row]:
     return [row for name in settings.train_models
-            for row in guarded("train", name, lambda n=name: train_row(n, settings), settings.device)]  # fmt: skip
+            for row in guarded("train", name, lambda n=name: train_row(n, settings), settings.device)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -421,7 +421,7 @@ def ddp_row(settings: Settings) -> list[Row]:
         torch.manual_seed(0)
         plain = mambaout.create_model(settings.ddp_model, num_classes=NUM_CLASSES).to(device)
         wrapped = DistributedDataParallel(copy.deepcopy(plain), device_ids=[device.index or 0] if device.type == "cuda"
-                                          else None)  # fmt: skip
+                                          else None)
         g = torch.Generator().manual_seed(2)
         images = torch.randn(2, 3, settings.ddp_size, settings.ddp_size, generator=g).to(device)
         targets = torch.tensor([0, 1], device=device)
@@ -466,7 +466,7 @@ def ddp_section(settings: Settings) -> list[Row]:
 
 
 def images_per_second(run: Callable[[Tensor], Tensor], images: Tensor, warmup: int, iters: int,
-                      device: torch.device) -> tuple[float, Tensor]:  # fmt: skip
+                      device: torch.device) -> tuple[float, Tensor]:
     for _ in range(warmup):  # compilation, cudnn's algorithm search, the allocator's first pools
         out = run(images)
     synchronize(device)
@@ -484,7 +484,7 @@ def runner(speed: Speed, settings: Settings) -> Callable[[Tensor], Tensor]:
         model = mambaout.create_model(speed.model)
         own_compile = speed.compiled and settings.compile_backend is None
         wrapped = prepare_for_inference(model, device=device, precision="bf16", channels_last="auto",
-                                        compile=own_compile)  # fmt: skip
+                                        compile=own_compile)
         if speed.compiled and not own_compile:
             return torch.compile(wrapped, backend=settings.compile_backend)
         return wrapped
@@ -522,7 +522,7 @@ def speed_row(speed: Speed, settings: Settings, rates: dict[tuple[str, str, bool
     measured += f"; bf16 autocast{compiled}, {settings.bench_warmup} warm-up + {settings.bench_iters} timed batches"
     check = f"{speed.label} ({speed.model}) batch {settings.bench_batch} at {settings.bench_size}"
     return [Row("throughput", check, "PASS" if finite and not fell_back else "FAIL", measured, speed.published,
-                seconds=time.perf_counter() - start, data=dict(images_per_s=rate))]  # fmt: skip
+                seconds=time.perf_counter() - start, data=dict(images_per_s=rate))]
 
 
 def throughput_section(settings: Settings) -> list[Row]:
@@ -551,7 +551,7 @@ def machine(device: torch.device) -> str:
     if device.type == "cuda":
         triton = _version("triton")
         return (f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}, torch {torch.__version__}, "
-                f"triton {triton}, timm {timm.__version__})")  # fmt: skip
+                f"triton {triton}, timm {timm.__version__})")
     return f"CPU {cpu_model()} (torch {torch.__version__}, timm {timm.__version__})"
 
 
@@ -571,7 +571,7 @@ def _cell(text: str) -> str:
 def markdown(rows: list[Row], header: str, timings: list[dict], total_s: float) -> str:
     lines = [header, "", "| section | check | result | measured | published | s |", "|---|---|---|---|---|---:|"]
     lines += [f"| {r.section} | {_cell(r.check)} | {r.status} | {_cell(r.measured)} | {_cell(r.published)} | "
-              f"{r.seconds:.1f} |" for r in rows]  # fmt: skip
+              f"{r.seconds:.1f} |" for r in rows]
     lines += ["", "| section | budget s | took s |", "|---|---:|---:|"]
     lines += [f"| {t['section']} | {t['budget_s']:.0f} | {t['seconds']:.1f} |" for t in timings]
     failed = sum(r.status != "PASS" for r in rows)
@@ -615,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here (torch.cuda.is_available() is False). This check needs one NVIDIA GPU; "
-              "`--device cpu --smoke` runs its CPU smoke version.", file=sys.stderr)  # fmt: skip
+              "`--device cpu --smoke` runs its CPU smoke version.", file=sys.stderr)
         return 2
     if device.type not in ("cuda", "cpu"):
         print(f"gpu_check: --device must be cuda or cpu, not {args.device!r}", file=sys.stderr)
@@ -633,9 +633,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     name = "gpu_check_smoke" if settings.smoke else "gpu_check"
     meta = dict(machine=machine(device), device=str(device), smoke=settings.smoke, scan_backend=settings.scan_backend,
-                torch=torch.__version__, timm=timm.__version__, total_s=total_s)  # fmt: skip
+                torch=torch.__version__, timm=timm.__version__, total_s=total_s)
     (args.out / f"{name}.json").write_text(json.dumps(dict(meta=meta, sections=timings, rows=[asdict(r) for r in rows]),
-                                                      indent=2))  # fmt: skip
+                                                      indent=2))
     (args.out / f"{name}.md").write_text(table + "\n")
     print(f"wrote {args.out / name}.json and {name}.md")
     return 1 if any(r.status != "PASS" for r in rows) else 0

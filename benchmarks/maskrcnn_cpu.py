@@ -99,16 +99,16 @@ def main() -> None:
     reference = statistics.median(seconds["maskrcnn_resnet50_fpn"])
     rows = {name: {"median_s": statistics.median(s), "min_s": min(s), "images_per_s": 1 / statistics.median(s),
                    "vs_resnet50_fpn": reference / statistics.median(s) if not name.endswith("backbone") else None}
-            for name, s in seconds.items()}  # fmt: skip
+            for name, s in seconds.items()}
     backbone_ratio = rows["resnet50_fpn backbone"]["median_s"] / rows[f"{args.backbone}_fpn backbone"]["median_s"]
     result = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "size": list(args.size), "repeats": args.repeats, "native_bf16": bf16, "cases": rows,
-              "backbone_speed_ratio": backbone_ratio, "raw_seconds": seconds}  # fmt: skip
+              "backbone_speed_ratio": backbone_ratio, "raw_seconds": seconds}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"{result['cpu']}, {result['threads']} threads, torch {torch.__version__}, {args.size[0]}x{args.size[1]}, "
-          f"{args.repeats} interleaved repeats (median)")  # fmt: skip
+          f"{args.repeats} interleaved repeats (median)")
     for name, row in rows.items():
         ratio = "" if row["vs_resnet50_fpn"] is None else f"  {row['vs_resnet50_fpn']:.2f}x maskrcnn_resnet50_fpn"
         print(f"  {name:<40} {row['median_s']:7.2f} s  {row['images_per_s']:6.3f} img/s{ratio}")

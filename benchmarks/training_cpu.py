@@ -65,7 +65,7 @@ class TrainCase:
     """One model's optimizer step (forward, cross-entropy, backward, AdamW) in one configuration."""
 
     def __init__(self, model: nn.Module, batch: int, size: int, amp: torch.dtype | None, channels_last: bool = False,
-                 compiled: bool = False, fused_adamw: bool = False) -> None:  # fmt: skip
+                 compiled: bool = False, fused_adamw: bool = False) -> None:
         torch.manual_seed(0)
         self.model = model.train()
         if channels_last:
@@ -105,7 +105,7 @@ class CaseSpec:
     def build(self, model_name: str, batch: int, size: int) -> TrainCase:
         model = (mambaout if self.ours else timm).create_model(model_name)
         return TrainCase(model, batch, size, self.amp, self.channels_last, self.compiled,
-                         fused_adamw=self.ours and "adamw" in FUSED_OPTIMIZERS)  # fmt: skip
+                         fused_adamw=self.ours and "adamw" in FUSED_OPTIMIZERS)
 
 
 TIMM_KEPT = " +kept memory"  # timm's configurations in a process that keeps freed memory: not timm's train.py
@@ -125,12 +125,12 @@ def case_specs(compile_timm: bool) -> dict[str, CaseSpec]:
                 for compiled in (False, True) if compile_timm else (False,):
                     name = f"timm {label} {layout}" + (" compiled" if compiled else "") + (TIMM_KEPT if kept else "")
                     specs[name] = CaseSpec(ours=False, amp=dtype, channels_last=layout == "channels_last",
-                                           compiled=compiled, kept_memory=kept)  # fmt: skip
+                                           compiled=compiled, kept_memory=kept)
     return specs
 
 
 def _case_process(conn: Connection, spec: CaseSpec, model_name: str, batch: int, size: int, threads: int,
-                  warmup: int, steps: int) -> None:  # fmt: skip
+                  warmup: int, steps: int) -> None:
     torch.set_num_threads(threads)
     if spec.kept_memory:
         keep_freed_memory()
@@ -140,7 +140,7 @@ def _case_process(conn: Connection, spec: CaseSpec, model_name: str, batch: int,
 
 
 def case_seconds(spec: CaseSpec, model_name: str, batch: int, size: int, threads: int, warmup: int,
-                 steps: int) -> float:  # fmt: skip
+                 steps: int) -> float:
     """Seconds for `steps` optimizer steps of one case in a fresh process of its own, the only one running: each
     case's heap settings stay its own and no idle case holds memory while another runs."""
     context = multiprocessing.get_context("spawn")
@@ -163,7 +163,7 @@ def validation_seconds(model: nn.Module, batches: int, batch: int, size: int) ->
 
 
 RECIPE_MODELS = ("mambaout_femto", "vmamba_tiny", "vim_tiny", "local_vim_tiny", "local_vmamba_tiny", "plainmamba_l1",
-                 "deit_tiny")  # fmt: skip
+                 "deit_tiny")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
 
 
@@ -181,7 +181,7 @@ def cpu_report() -> dict:
     return dict(model=fields.get("Model name", platform.processor() or platform.machine()).strip(),
                 flags={flag: flag in flags for flag in CPU_FLAGS},
                 torch_capability=torch.backends.cpu.get_cpu_capability(),
-                native_bf16=cpu_supports_bf16())  # fmt: skip
+                native_bf16=cpu_supports_bf16())
 
 
 class RecipeStep:
@@ -191,7 +191,7 @@ class RecipeStep:
     def __init__(self, model_name: str, recipe: str | None, batch: int, size: int, num_classes: int = 1000) -> None:
         device = torch.device("cpu")
         self.config = config = TrainConfig(model=model_name, recipe=recipe, batch_size=batch, img_size=size,
-                                           num_classes=num_classes, device="cpu")  # fmt: skip
+                                           num_classes=num_classes, device="cpu")
         self.task = task = ClassificationTask(config)
         # ClassificationTask.build without its datasets, then engine.loop._fit's step
         torch.manual_seed(0)  # both recipes of a model start from the same weights
@@ -216,7 +216,7 @@ class RecipeStep:
                     grad_scaler=self.train_step.scaler is not None,
                     clip=None if c.clip_grad is None else f"{c.clip_mode} {c.clip_grad:g}",
                     ema=c.model_ema_decay, drop_path=c.drop_path, no_weight_decay=c.no_weight_decay, opt=c.opt,
-                    mixup=c.mixup, cutmix=c.cutmix, loss=type(self.task.loss_fn).__name__)  # fmt: skip
+                    mixup=c.mixup, cutmix=c.cutmix, loss=type(self.task.loss_fn).__name__)
 
     def step(self) -> float:
         """Seconds for one optimizer step (the batch is copied before the clock starts: mixup works in place)."""
@@ -237,7 +237,7 @@ def describe_settings(s: dict) -> str:
     amp = s["amp_used"] if s["amp_used"] == s["amp_recipe"] else f"{s['amp_used']} (recipe {s['amp_recipe']})"
     return (f"{amp}, {'clip ' + s['clip'] if s['clip'] else 'no clip'}, "
             f"{'EMA ' + format(s['ema'], 'g') if s['ema'] else 'no EMA'}, dp {s['drop_path']:g}, "
-            f"wd {s['no_weight_decay']}")  # fmt: skip
+            f"wd {s['no_weight_decay']}")
 
 
 def recipes_main(args: argparse.Namespace) -> None:
@@ -280,7 +280,7 @@ def recipes_main(args: argparse.Namespace) -> None:
                          own_s_per_step=statistics.median(own), own_spread=max(own) - min(own),
                          baseline_s_per_step=statistics.median(base), baseline_spread=max(base) - min(base),
                          ratio=statistics.median(own) / statistics.median(base),
-                         paired_ratio_min=min(paired), paired_ratio_max=max(paired)))  # fmt: skip
+                         paired_ratio_min=min(paired), paired_ratio_max=max(paired)))
 
     print(
         f"\n{args.size}x{args.size}, batch {args.recipe_batch}, {args.threads} threads, "
@@ -305,9 +305,9 @@ def recipes_main(args: argparse.Namespace) -> None:
                 batch=args.recipe_batch, steps_per_repeat=args.recipe_steps, repeats=args.repeats,
                 baseline_recipe=args.baseline_recipe,
                 timed="task.prepare (mixup/cutmix), forward + loss under autocast, loss.item(), backward, clip, "
-                      "optimizer step, zero_grad, EMA update; not the data loader or the lr schedule")  # fmt: skip
+                      "optimizer step, zero_grad, EMA update; not the data loader or the lr schedule")
     (args.out / "training_cpu_recipes.json").write_text(json.dumps(dict(meta=meta, rows=rows, samples={
-        f"{name}/{who}": values for (name, who), values in seconds.items()}), indent=2))  # fmt: skip
+        f"{name}/{who}": values for (name, who), values in seconds.items()}), indent=2))
     fig, ax = plt.subplots(figsize=(8, 4))
     positions = list(range(len(rows)))
     ratios = [r["ratio"] for r in rows]
@@ -317,11 +317,11 @@ def recipes_main(args: argparse.Namespace) -> None:
     ax.axhline(1.0, color="black", linewidth=0.8)
     for p, r in zip(positions, rows):
         ax.annotate(f"{r['ratio']:.2f}x\n{r['own']['amp_used']}", (p, r["paired_ratio_max"]), ha="center",
-                    va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")  # fmt: skip
+                    va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
     ax.set_xticks(positions, [r["model"] for r in rows], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(f"s/step, own recipe / {args.baseline_recipe}'s")
     ax.set_title(f"Own recipe vs {args.baseline_recipe}'s: one optimizer step, batch {args.recipe_batch} at "
-                 f"{args.size}, {args.threads} CPU threads (median of {args.repeats})", fontsize=9)  # fmt: skip
+                 f"{args.size}, {args.threads} CPU threads (median of {args.repeats})", fontsize=9)
     ax.margins(y=0.15)
     fig.tight_layout()
     fig.savefig(args.out / "training_cpu_recipes.png", dpi=100)
@@ -365,7 +365,7 @@ def main() -> None:
 
     cpu = cpu_report()
     print(f"CPU: {cpu['model']} ({', '.join(f for f, on in cpu['flags'].items() if on)}), "
-          f"native bf16 {cpu['native_bf16']}", flush=True)  # fmt: skip
+          f"native bf16 {cpu['native_bf16']}", flush=True)
     rows, samples = [], {}
     specs = case_specs(args.compile_timm)
     for model_name in args.train_models:
@@ -374,7 +374,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             for key in order[repeat % len(order) :] + order[: repeat % len(order)]:  # rotate the order each repeat
                 seconds = case_seconds(specs[key], model_name, args.train_batch, args.size, args.threads,
-                                       args.warmup_steps, args.steps)  # fmt: skip
+                                       args.warmup_steps, args.steps)
                 rates[key].append(args.steps * args.train_batch / seconds)
                 print(f"repeat {repeat}: train {model_name} {key:<40} {rates[key][-1]:7.2f} images/s", flush=True)
         medians = {key: statistics.median(values) for key, values in rates.items()}
@@ -384,7 +384,7 @@ def main() -> None:
                          timm_images_per_s=medians[best], timm_config=best, ratio=medians["ours"] / medians[best],
                          timm_kept_config=best_kept, ratio_to_timm_kept=medians["ours"] / medians[best_kept],
                          timm_configs=medians, ours_spread=max(rates["ours"]) - min(rates["ours"]),
-                         timm_spread=max(rates[best]) - min(rates[best])))  # fmt: skip
+                         timm_spread=max(rates[best]) - min(rates[best])))
         samples.update({f"train {model_name}/{key}": values for key, values in rates.items()})
 
     ours_val = prepare_for_inference(mambaout.create_model(args.val_model), device="cpu")
@@ -395,22 +395,22 @@ def main() -> None:
     for repeat in range(args.repeats):
         for key in ("ours", "timm") if repeat % 2 == 0 else ("timm", "ours"):
             val_rates[key].append(images_val / validation_seconds(val_cases[key], args.val_batches, args.val_batch,
-                                                                  args.size))  # fmt: skip
+                                                                  args.size))
             print(f"repeat {repeat}: validate {key:<4} {val_rates[key][-1]:7.2f} images/s", flush=True)
     ours, theirs = statistics.median(val_rates["ours"]), statistics.median(val_rates["timm"])
     rows.append(dict(task="validate", model=args.val_model, batch=args.val_batch, ours_images_per_s=ours,
                      timm_images_per_s=theirs, timm_config="timm fp32 eval", ratio=ours / theirs,
                      ours_spread=max(val_rates["ours"]) - min(val_rates["ours"]),
-                     timm_spread=max(val_rates["timm"]) - min(val_rates["timm"])))  # fmt: skip
+                     timm_spread=max(val_rates["timm"]) - min(val_rates["timm"])))
     samples.update({f"validate/{key}": values for key, values in val_rates.items()})
 
     print(f"\n{args.size}x{args.size}, {args.threads} threads, median of {args.repeats} interleaved repeats, "
-          f"CPU {cpu['model']}\n")  # fmt: skip
+          f"CPU {cpu['model']}\n")
     print("| task | model | batch | ours images/s | timm's best images/s | timm's best configuration | ours / timm |")
     print("|---|---|---:|---:|---:|---|---:|")
     for r in rows:
         print(f"| {r['task']} | {r['model']} | {r['batch']} | {r['ours_images_per_s']:.2f} | "
-              f"{r['timm_images_per_s']:.2f} | {r['timm_config']} | {r['ratio']:.2f}x |")  # fmt: skip
+              f"{r['timm_images_per_s']:.2f} | {r['timm_config']} | {r['ratio']:.2f}x |")
     for r in rows:
         if "timm_configs" in r:
             print(f"{r['model']}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["timm_configs"].items()))
@@ -421,7 +421,7 @@ def main() -> None:
     meta = dict(torch=torch.__version__, timm=timm.__version__, cpu=cpu, threads=args.threads, size=args.size,
                 repeats=args.repeats, steps=args.steps,
                 train="forward + cross-entropy + backward + AdamW; ours with the engine's precision and fused AdamW",
-                validate="fp32, mambaout.engine.evaluate")  # fmt: skip
+                validate="fp32, mambaout.engine.evaluate")
     (args.out / "training_cpu.json").write_text(json.dumps(dict(meta=meta, rows=rows, samples=samples), indent=2))
     fig, ax = plt.subplots(figsize=(7, 3.5))
     labels = [f"{r['task']}\n{r['model']}" for r in rows]
@@ -430,11 +430,11 @@ def main() -> None:
     ax.bar([p + 0.2 for p in positions], [r["timm_images_per_s"] for r in rows], 0.4, label="timm's best")
     for p, r in zip(positions, rows):
         ax.annotate(f"{r['ratio']:.2f}x", (p, max(r["ours_images_per_s"], r["timm_images_per_s"])), ha="center",
-                    va="bottom", fontsize=8)  # fmt: skip
+                    va="bottom", fontsize=8)
     ax.set_xticks(list(positions), labels)
     ax.set_ylabel("images/s")
     ax.set_title(f"{args.size}x{args.size} on {args.threads} CPU threads, {cpu['model']} (median of {args.repeats})",
-                 fontsize=9)  # fmt: skip
+                 fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(args.out / "training_cpu.png", dpi=100)

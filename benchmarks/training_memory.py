@@ -126,14 +126,14 @@ def measure(spec: str, batch: int, size: int, steps: int, device_name: str) -> d
                 params=sum(p.numel() for p in model.parameters()),
                 setup_mib=setup / MIB, peak_mib=peak / MIB, step_mib=(peak - setup) / MIB,
                 process_max_rss_mib=max_rss_bytes() / MIB, peak_excludes_warmup=reset,
-                warmup_s=warmup_s, step_s=step_s)  # fmt: skip
+                warmup_s=warmup_s, step_s=step_s)
 
 
 def measure_in_subprocess(spec: str, batch: int, size: int, steps: int = 1, device: str = "cpu",
-                          timeout: float | None = None) -> dict:  # fmt: skip
+                          timeout: float | None = None) -> dict:
     """`measure` in a fresh interpreter running this script with --one; its last RESULT line is the answer."""
     command = [sys.executable, __file__, "--one", spec, "--batch", str(batch), "--size", str(size),
-               "--steps", str(steps), "--device", device]  # fmt: skip
+               "--steps", str(steps), "--device", device]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     results = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode != 0 or not results:
@@ -158,14 +158,14 @@ def add_ratios(rows: list[dict], baseline: str) -> None:
 
 def table(rows: list[dict], baseline: str) -> str:
     lines = [f"| model | precision | setup MiB | step MiB (peak - setup) | peak MiB | step / {baseline} | "
-             f"peak / {baseline} | s/step |", "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             f"peak / {baseline} | s/step |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | FAIL: {r['error']} | | | | | | |")
             continue
         ratio = f"{r['step_ratio']:.2f}x | {r['peak_ratio']:.2f}x" if "step_ratio" in r else "- | -"
         lines.append(f"| {r['model']} | {r['precision']} | {r['setup_mib']:.0f} | {r['step_mib']:.0f} | "
-                     f"{r['peak_mib']:.0f} | {ratio} | {r['step_s']:.1f} |")  # fmt: skip
+                     f"{r['peak_mib']:.0f} | {ratio} | {r['step_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cpu = cpu_model()
     print(f"CPU: {cpu}; {args.batch} images at {args.size}, {args.steps} measured step(s) after 1 warm-up, "
-          f"device {args.device}", flush=True)  # fmt: skip
+          f"device {args.device}", flush=True)
     rows = []
     for spec in args.models:
         start = time.perf_counter()
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = dict(cpu=cpu, batch=args.batch, size=args.size, steps=args.steps, device=args.device,
-                baseline=args.baseline, note="each model in a fresh process; step = peak - setup RSS")  # fmt: skip
+                baseline=args.baseline, note="each model in a fresh process; step = peak - setup RSS")
     (args.out / "training_memory.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     title = f"One AdamW training step, batch {args.batch} at {args.size} ({args.device}: {cpu})"
     plot(rows, title, args.out / "training_memory.png")

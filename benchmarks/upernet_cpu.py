@@ -80,7 +80,7 @@ def run_case(backbone: str, setting: str, repeats: int, warmup: int) -> dict:
     median = statistics.median(times)
     return {"backbone": backbone, "setting": setting, "images_per_second": 1 / median, "seconds": times,
             "peak_rss_mb": peak, "added_mb": peak - loaded,
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}  # fmt: skip
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
 
 
 def plot(results: list[dict], path: Path, title: str) -> None:
@@ -113,12 +113,12 @@ def main() -> None:
         print(json.dumps(run_case(*args.case, args.repeats, args.warmup)))
         return
     cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True,
-                text=True).stdout.splitlines() if line.startswith("Model name")), platform.processor())  # fmt: skip
+                text=True).stdout.splitlines() if line.startswith("Model name")), platform.processor())
     results = []
     for setting in SETTINGS:
         for backbone in args.backbones:
             command = [sys.executable, __file__, "--case", backbone, setting, "--repeats", str(args.repeats),
-                       "--warmup", str(args.warmup)]  # fmt: skip
+                       "--warmup", str(args.warmup)]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 print(f"{backbone} {setting}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
@@ -126,7 +126,7 @@ def main() -> None:
             result = json.loads(done.stdout.strip().splitlines()[-1])
             results.append(result)
             print(f"{setting:>15}  {backbone:<20} {result['images_per_second']:8.3f} images/s  "
-                  f"peak +{result['added_mb']:7.0f} MB  ({result['params_m']:.1f} M params)", flush=True)  # fmt: skip
+                  f"peak +{result['added_mb']:7.0f} MB  ({result['params_m']:.1f} M params)", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "repeats": args.repeats}

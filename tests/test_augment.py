@@ -26,7 +26,7 @@ POLICIES = [
     RECIPE, "rand-m9-mstd0.5", "rand-m9-inc1", "rand-m9", "rand-m10-mstd1.0-inc1", "rand-m9-n3-mstd101-inc1",
     "rand-m9-mstd0.5-inc1-mmax15", "augmix-m5-w4-d2", "augmix-m9-mstd0.5-w3-b1", "original", "originalr", "v0",
     "v0r", "3a",
-]  # fmt: skip
+]
 HPARAMS = {"translate_const": 100, "img_mean": (124, 116, 104)}
 PILLOW_13 = int(PIL.__version__.split(".")[0]) >= 13
 
@@ -64,7 +64,7 @@ def test_timm_alone_fails_where_the_hardened_transform_does_not(pillow_13_poster
         random.seed(0)
         torch.manual_seed(0)
         transform = create_transform(32, is_training=True, auto_augment=RECIPE, re_prob=0.25,
-                                     interpolation="random")  # fmt: skip
+                                     interpolation="random")
         if hardened:
             transform = harden(transform)
         failures[hardened] = 0
@@ -134,7 +134,7 @@ def test_an_unknown_policy_is_refused_before_training():
 def _recipe_config(data, tmp_path, **changes):
     """Every default of the recipe (RandAugment, mixup/cutmix, smoothing, random erasing), at a tiny scale."""
     options = dict(data_dir=str(data), model="mambaout_test", img_size=24, batch_size=16, epochs=4, warmup_epochs=1,
-                   cooldown_epochs=0, workers=0, output=str(tmp_path), experiment="run", log_interval=1000)  # fmt: skip
+                   cooldown_epochs=0, workers=0, output=str(tmp_path), experiment="run", log_interval=1000)
     return TrainConfig(**{**options, **changes})
 
 
@@ -170,7 +170,7 @@ class Flaky:
 def _with_flaky_step(rate, monkeypatch):
     real = train_module._train_transform
     monkeypatch.setattr(train_module, "_train_transform", lambda config, data_config: Compose(
-        [Flaky(rate), real(config, data_config)]))  # fmt: skip
+        [Flaky(rate), real(config, data_config)]))
 
 
 def test_a_transform_that_raises_now_and_then_is_skipped_and_listed(tmp_path, monkeypatch):

@@ -32,7 +32,7 @@ def test_sweep_writes_json_csv_and_plots(tmp_path):
     # size by size, so that the models compared at one size run close together in time
     assert [(r["model"], r["height"], r["width"]) for r in rows] == [
         ("mambaout_test", 32, 32), ("timm:resnet10t", 32, 32), ("mambaout_test", 64, 64), ("timm:resnet10t", 64, 64)
-    ]  # fmt: skip
+    ]
     for r in rows:
         assert set(r) == set(COLUMNS)
         assert r["status"] == "ok", r["message"]

@@ -232,12 +232,12 @@ def test_each_shared_concept_has_one_flag_in_every_command():
             if action.help == argparse.SUPPRESS:  # an old spelling: it must say what replaces it
                 with pytest.warns(FutureWarning, match="deprecated"):
                     action(parser, argparse.Namespace(), ["2"] * (action.nargs if isinstance(action.nargs, int) else 1),
-                           action.option_strings[0])  # fmt: skip
+                           action.option_strings[0])
                 continue
             assert SHARED_FLAGS[action.dest] in action.option_strings, (name, action.option_strings)
             seen.setdefault(action.dest, set()).add(name)
     image_commands = {"flops", "predict", "train", "study", "validate", "erf", "benchmark", "export", "demo",
-                      "segment-data", "detect-data"}  # fmt: skip
+                      "segment-data", "detect-data"}
     assert image_commands <= seen["img_size"]
     assert {"train", "segment-train", "detect-train"} <= seen["workers"] & seen["batch_size"] & seen["device"]
     assert {"predict", "validate", "export"} <= seen["checkpoint"] & seen["pretrained"]

@@ -38,7 +38,7 @@ def test_generated_dataset_is_deterministic_exact_and_overlapping(data, tmp_path
     document = _document(data, "train")
     annotations = document["annotations"]
     kinds = {"polygon" if isinstance(a["segmentation"], list) else "rle" if not a["iscrowd"] else "crowd"
-             for a in annotations}  # fmt: skip
+             for a in annotations}
     assert kinds == {"polygon", "rle", "crowd"}
     assert {a["category_id"] for a in annotations} <= {c for c, _, _ in CATEGORIES}
     coco = read_annotations(data / "annotations" / "instances_train.json")
@@ -116,7 +116,7 @@ def test_bad_annotations_are_dropped_and_counted(tmp_path, caplog):
     path.write_text(json.dumps(document))
     dataset = CocoInstances(root, "train", training=True)
     assert dataset.dropped == {"box outside the image": 1, "zero area": 2, "unknown category id": 1,
-                               "unknown image id": 1, "no usable segmentation": 2}  # fmt: skip
+                               "unknown image id": 1, "no usable segmentation": 2}
     assert "dropped 7 annotations" in caplog.text and str(path) in caplog.text
     clipped = dataset.coco.anns[document["annotations"][-1]["id"]]
     assert clipped["bbox"] == [50.0, 40.0, 14.0, 8.0]
@@ -173,7 +173,7 @@ def _ground_truth_outputs(coco, image_id: int, height: int, width: int, category
     annotations = [a for a in coco.imgToAnns[image_id] if not a["iscrowd"]]
     boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in annotations)]).reshape(-1, 4)
     masks = torch.stack([torch.from_numpy(coco.annToMask(a)).float() for a in annotations]) if annotations else (
-        torch.zeros(0, height, width))  # fmt: skip
+        torch.zeros(0, height, width))
     labels = torch.tensor([category_ids.index(a["category_id"]) + 1 for a in annotations], dtype=torch.int64)
     return {"boxes": boxes.float(), "scores": torch.ones(len(annotations)), "labels": labels, "masks": masks[:, None]}
 
@@ -233,7 +233,7 @@ def test_crowd_regions_are_ignore_regions_in_evaluation(data):
     rle = mask_utils.frPyObjects(crowd["segmentation"], *crowd["segmentation"]["size"])
     spurious = {"image_id": crowd["image_id"], "category_id": crowd["category_id"], "score": 1.0,
                 "bbox": list(crowd["bbox"]), "segmentation": {"size": rle["size"],
-                "counts": rle["counts"].decode("ascii")}}  # fmt: skip
+                "counts": rle["counts"].decode("ascii")}}
     with_crowd = {key: [*value, spurious] for key, value in results.items()}
     metrics = coco_metrics(coco, with_crowd, list(coco.imgs))
     assert metrics["bbox_mAP"] == metrics["segm_mAP"] == 1.0  # a detection on a crowd is neither right nor wrong

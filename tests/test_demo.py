@@ -40,7 +40,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-]  # fmt: skip
+]
 NAMES = list(CLASSES)
 
 
@@ -284,7 +284,7 @@ def test_concurrent_requests_are_all_answered(assets, server):
         if not hasattr(visitors, "client"):
             visitors.client = Client(server, verbose=False)
         return visitors.client.predict(f"{CHECKPOINT_PREFIX}tiny.safetensors", handle_file(str(images[i % 3])),
-                                       api_name="/classify")  # fmt: skip
+                                       api_name="/classify")
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(ask, range(50)))
@@ -298,7 +298,7 @@ def test_concurrent_requests_are_all_answered(assets, server):
                 assert label["label"] == expected_top
     assert Client(server, verbose=False).predict(f"{CHECKPOINT_PREFIX}tiny.safetensors",
                                                  handle_file(str(assets["good"])),
-                                                 api_name="/classify")[3].startswith(expected_top)  # fmt: skip
+                                                 api_name="/classify")[3].startswith(expected_top)
 
 
 def test_offline_default_serves_the_quickstart_checkpoint_at_its_training_size(assets, tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from mambaout.registry import get_model_spec
 TINY = dict(min_size=64, max_size=96, fpn_channels=16, box_head_dim=32, mask_head_channels=16,
             rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=32, rpn_pre_nms_top_n_test=50,
             rpn_post_nms_top_n_test=16, rpn_batch_size_per_image=32, box_batch_size_per_image=16,
-            box_detections_per_img=8, box_score_thresh=0.0)  # fmt: skip
+            box_detections_per_img=8, box_score_thresh=0.0)
 
 
 def _one_test_variant_per_family() -> list[str]:

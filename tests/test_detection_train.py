@@ -54,7 +54,7 @@ def _summary(out: Path) -> list[dict]:
 
 def test_a_short_run_lowers_the_loss_then_detect_eval_and_detect_work(data, tmp_path, capsys):
     result = train_detector(DetectionConfig(data_dir=str(data), output=str(tmp_path), experiment="run", epochs=3,
-                                            lr_steps=[2], **QUICK))  # fmt: skip
+                                            lr_steps=[2], **QUICK))
     out = tmp_path / "run"
     rows = _summary(out)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and result.epochs_run == 3
@@ -65,7 +65,7 @@ def test_a_short_run_lowers_the_loss_then_detect_eval_and_detect_work(data, tmp_
 
     checkpoint = str(out / "last.pth")
     assert main(["detect-eval", str(data), "--checkpoint", checkpoint, "--workers", "0", "--output",
-                 str(tmp_path / "eval"), "--json"]) == 0  # fmt: skip
+                 str(tmp_path / "eval"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 4 and report["skipped"] == []
     for key in ("bbox_mAP", "segm_mAP", "bbox_mAP_50"):  # the engine evaluates the same way
@@ -79,7 +79,7 @@ def test_a_short_run_lowers_the_loss_then_detect_eval_and_detect_work(data, tmp_
 
     image = data / "val" / "val_000001.jpg"
     assert main(["detect", str(image), str(tmp_path / "missing.jpg"), "--checkpoint", checkpoint, "--output",
-                 str(tmp_path / "drawn"), "--score-threshold", "0", "--json"]) == 1  # fmt: skip
+                 str(tmp_path / "drawn"), "--score-threshold", "0", "--json"]) == 1
     captured = capsys.readouterr()
     (listed,) = json.loads(captured.out)
     assert "missing.jpg" in captured.err
@@ -91,13 +91,13 @@ def test_a_short_run_lowers_the_loss_then_detect_eval_and_detect_work(data, tmp_
 
 def test_sigkill_then_resume_auto_ends_with_the_uninterrupted_weights(data, tmp_path):
     options = dict(QUICK, epochs=4, lr_steps=[3], deterministic=True, experiment="run", val_split="",
-                   max_steps_per_epoch=2)  # fmt: skip
+                   max_steps_per_epoch=2)
     command = [console_script(), "detect-train", str(data), *cli_flags(options)]
     subprocess.run([*command, "--output", str(tmp_path / "whole")], check=True, capture_output=True, env=ONE_THREAD)
 
     killed_out = tmp_path / "killed"
     process = subprocess.Popen([*command, "--output", str(killed_out)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=ONE_THREAD)  # fmt: skip
+                               stderr=subprocess.DEVNULL, env=ONE_THREAD)
     first = killed_out / "run" / "last.pth"
     deadline = time.monotonic() + 300
     while not first.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -106,7 +106,7 @@ def test_sigkill_then_resume_auto_ends_with_the_uninterrupted_weights(data, tmp_
     process.send_signal(signal.SIGKILL)
     process.wait()
     resumed = subprocess.run([*command, "--output", str(killed_out), "--resume", "auto"], capture_output=True,
-                             text=True, env=ONE_THREAD)  # fmt: skip
+                             text=True, env=ONE_THREAD)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     whole = load_training_checkpoint(tmp_path / "whole" / "run" / "last.pth")
     again = load_training_checkpoint(killed_out / "run" / "last.pth")
@@ -122,11 +122,11 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(dat
     # differently. SGD, not AdamW: Adam would blow rounding noise in near-zero gradients up to full-size steps.
     options = dict(QUICK, epochs=1, deterministic=True, experiment="run", hflip=0.0, opt="sgd",
                    lr=0.02, warmup_iters=0, rpn_batch_size_per_image=4096, box_batch_size_per_image=512,
-                   max_steps_per_epoch=2)  # fmt: skip
+                   max_steps_per_epoch=2)
     one = [console_script(), "detect-train", str(data), *cli_flags(dict(options, batch_size=4))]
     subprocess.run([*one, "--output", str(tmp_path / "one")], check=True, capture_output=True, env=ONE_THREAD)
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-           "mambaout.cli", "detect-train", str(data), *cli_flags(dict(options, batch_size=2))]  # fmt: skip
+           "mambaout.cli", "detect-train", str(data), *cli_flags(dict(options, batch_size=2))]
     done = subprocess.run([*two, "--output", str(tmp_path / "two")], capture_output=True, text=True, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]
     a = load_training_checkpoint(tmp_path / "one" / "run" / "last.pth")
@@ -152,14 +152,14 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(dat
 
 def _architecture() -> dict:
     return dict(fpn_channels=QUICK["fpn_channels"], box_head_dim=QUICK["box_head_dim"],
-                mask_head_channels=QUICK["mask_head_channels"])  # fmt: skip
+                mask_head_channels=QUICK["mask_head_channels"])
 
 
 def test_unreadable_training_images_are_listed_in_the_run(data, tmp_path):
     root = write_coco_dataset(tmp_path / "data", train_images=6, val_images=1, size=(64, 48), crowd_every=0)
     (root / "train" / "train_000002.jpg").write_bytes(b"broken")
     train_detector(DetectionConfig(data_dir=str(root), output=str(tmp_path), experiment="run", epochs=1,
-                                   val_split="", **dict(QUICK, batch_size=2)))  # fmt: skip
+                                   val_split="", **dict(QUICK, batch_size=2)))
     listed = (tmp_path / "run" / "skipped.txt").read_text().splitlines()
     assert [Path(line.split("\t")[0]).name for line in listed] == ["train_000002.jpg"]
     assert "not an image" in listed[0]

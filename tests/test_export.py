@@ -145,7 +145,7 @@ def test_cli_export_then_predict_onnx_agrees_with_predict(tmp_path, capsys):
     got = json.loads(captured.out)
     assert "bad.png" in captured.err and "not an image" in captured.err
     expected, _ = predict_files(create_model("mambaout_test", checkpoint=tmp_path / "tiny.safetensors"), images,
-                                input_size=SIZE, fold_norms=False)  # fmt: skip
+                                input_size=SIZE, fold_norms=False)
     assert [row["image"] for row in got] == [p.path for p in expected]
     for row, prediction in zip(got, expected):
         assert [g["label"] for g in row["top"]] == [g.label for g in prediction.top]
@@ -188,7 +188,7 @@ class _Scan(torch.nn.Module):
         return selective_scan(
             u, delta, self.A, B, C, D=self.D, z=z, delta_bias=self.delta_bias, delta_softplus=True,
             return_last_state=True,
-        )  # fmt: skip
+        )
 
 
 @pytest.mark.parametrize("groups", [1, 4])

@@ -40,7 +40,7 @@ def test_numba_weight_gradient_of_bf16_inputs_is_accumulated_in_float32():
     _, exact, _ = torch.ops.aten.convolution_backward(
         grad.double().permute(0, 3, 1, 2), x.double().permute(0, 3, 1, 2), weight, None,
         [1, 1], [3, 3], [1, 1], False, [0, 0], 24, [False, True, False],
-    )  # fmt: skip
+    )
     ours = depthwise_weight_grad(x, grad, 7)
     assert ours.dtype == torch.float32
     # the inputs are exact in float32, so only float32 accumulation error remains (sums of 392 products)

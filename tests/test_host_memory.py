@@ -58,5 +58,5 @@ def test_cpu_training_keeps_freed_memory_unless_told_not_to(tmp_path, monkeypatc
     data = write_dataset(Path(tmp_path, "data"), train_per_class=2, val_per_class=1, size=32)
     train(TrainConfig(data_dir=str(data), output=str(tmp_path), model="mambaout_test", img_size=32, batch_size=4,
                       workers=0, epochs=1, max_steps_per_epoch=1, warmup_epochs=0, cooldown_epochs=0, no_aug=True,
-                      device="cpu", keep_freed_memory=keep))  # fmt: skip
+                      device="cpu", keep_freed_memory=keep))
     assert calls == ([True] if keep else [])

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import mambaout
 from conftest import reference
 from mambaout.analysis.flops import model_flops
+from mambaout.models._mamba_layers import mamba_direction
 from mambaout.models.local_mamba import (
     MultiScan,
     MultiScanMamba,
@@ -18,7 +19,6 @@ from mambaout.models.local_mamba import (
     parse_direction,
     scan_indices,
 )
-from mambaout.models.vim import mamba_direction
 from mambaout.models.vmamba import LAYOUTS, SS2D
 from mambaout.ops import scan_backend
 from mambaout.registry import get_model_spec, weights_location

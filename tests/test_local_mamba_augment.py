@@ -33,14 +33,14 @@ TOOLBOX_OPS = [
     "Distort", "Zoom", "Blur", "Skew", "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeTpu", "Solarize",
     "SolarizeAdd", "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel",
     "TranslateYRel",
-]  # fmt: skip
+]
 # AUGMENT_OPS:40-60 `_RAND_CHOICE_WEIGHTS_0`
 TOOLBOX_WEIGHTS_0 = {
     "Rotate": 0.3, "ShearX": 0.2, "ShearY": 0.2, "TranslateXRel": 0.1, "TranslateYRel": 0.1, "Color": .025,
     "Sharpness": 0.025, "AutoContrast": 0.025, "Solarize": .005, "SolarizeAdd": .005, "Contrast": .005,
     "Brightness": .005, "Equalize": .005, "PosterizeTpu": 0, "Invert": 0, "Distort": 0, "Zoom": 0, "Blur": 0,
     "Skew": 0,
-}  # fmt: skip
+}
 # AUGMENT_OPS:199-277 level functions, bound to op names at AUGMENT_OPS:471-495 `LEVEL_TO_ARG`:
 # name -> (kind, scale, offset); the argument is (level / 10) * scale + offset, `int(...)` for "int",
 # negated on random.random() > 0.5 for "signed", no argument for "none"
@@ -185,7 +185,7 @@ def official_zoom(img, v):
     z = img.resize((int(round(w * v)), int(round(h * v))), resample=BICUBIC)
     zw, zh = z.size
     return z.crop((math.floor(zw / 2 - w / 2), math.floor(zh / 2 - h / 2), math.floor(zw / 2 + w / 2),
-                   math.floor(zh / 2 + h / 2)))  # fmt: skip
+                   math.floor(zh / 2 + h / 2)))
 
 
 def official_skew(img, v):
@@ -406,7 +406,7 @@ def test_colour_jitter_only_without_auto_augment():
     without = lm.local_mamba_train_transform(32, auto_augment=None, color_jitter=0.3, re_prob=0)
     names = [type(t).__name__ for t in with_aa.transforms]
     assert names == ["ToRGB", "RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "LocalMambaRandAugment",
-                     "ScaledNormalize", "RandomErasing"]  # fmt: skip
+                     "ScaledNormalize", "RandomErasing"]
     assert [type(t).__name__ for t in without.transforms][3:] == ["ColorJitter", "ScaledNormalize"]
     erasing = with_aa.transforms[-1]
     assert (erasing.probability, erasing.per_pixel, erasing.max_count, erasing.device) == (0.25, True, 1, "cpu")
@@ -426,7 +426,7 @@ def test_thousands_of_draws_of_odd_images_never_raise(monkeypatch):
         monkeypatch.setitem(lm.OPS, name, counting)
     images = [make_image(w, h, seed, mode) for seed, (w, h, mode) in enumerate([
         (1, 1, "RGB"), (3, 7, "L"), (17, 5, "RGBA"), (33, 21, "P"), (45, 61, "RGB"), (2, 90, "L"), (71, 3, "P"),
-    ])]  # fmt: skip
+    ])]
     transforms = [  # the recipe, and a noisy policy that reaches magnitudes below 0 and above 15
         (lm.local_mamba_train_transform(24), (3, 24, 24)),
         (lm.local_mamba_train_transform((19, 27), auto_augment="localmamba-rand-m9-n3-mstd3"), (3, 19, 27)),

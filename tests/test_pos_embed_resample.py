@@ -70,7 +70,7 @@ def vim_tiny(tmp_path_factory):
     model = create_model("vim_tiny")
     folder = tmp_path_factory.mktemp("vim_tiny")
     files = {"ours": write(model, folder / "vim_tiny.safetensors"),
-             "official": write(model, folder / "vim_t_midclstok_76p1acc.pth", "official")}  # fmt: skip
+             "official": write(model, folder / "vim_t_midclstok_76p1acc.pth", "official")}
     return model.state_dict(), files
 
 
@@ -108,7 +108,7 @@ CASES = {
     "local_vim_96": ("local_vim_test", dict(img_size=96), 96, (6, 6),
                      {"pos_embed": None, "rope.freqs_cos": None, "rope.freqs_sin": None}),
     "local_vim_mid_cls_96": ("local_vim_mid_cls_test", dict(img_size=96), 96, (6, 6), {"pos_embed": MID}),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -222,7 +222,7 @@ def test_vim_tiny_plus_fine_tunes_from_the_stride16_checkpoint(vim_tiny, tmp_pat
         # the run's size only; everything else left None is Vim-Ti+'s official fine-tuning recipe
         epochs=1, max_steps_per_epoch=2, img_size=32, batch_size=2, workers=0, warmup_epochs=0, aug_repeats=0,
         no_aug=True, mixup=0.0, cutmix=0.0, model_ema_decay=0.0,
-    )  # fmt: skip
+    )
     assert config.recipe == "vim_tiny_plus" and config.lr == 1e-5 and config.weight_decay == 1e-8
     result = train(config)
     assert started["checkpoint"] == str(files["official"])

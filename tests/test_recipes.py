@@ -188,7 +188,7 @@ def test_a_recipe_that_releases_the_ema_picks_best_by_it_and_gives_it_as_the_mod
     # PlainMamba-L2's policy: EMA validated, it picks best.pth and is the released model
     options = dict(data_dir=str(shapes), output=str(tmp_path), experiment="run", model="plainmamba_test",
                    recipe="plainmamba_l2", img_size=32, batch_size=8, workers=0, epochs=3, warmup_epochs=0,
-                   max_steps_per_epoch=2, lr=2e-3, model_ema_decay=0.5)  # fmt: skip
+                   max_steps_per_epoch=2, lr=2e-3, model_ema_decay=0.5)
     config = TrainConfig(**options)
     assert (config.best_by, config.release_weights, config.model_ema_eval) == ("ema", "ema", True)
     result = train(config)
@@ -210,13 +210,13 @@ def test_a_recipe_that_releases_the_ema_picks_best_by_it_and_gives_it_as_the_mod
 
 # the family test models, each at its own recipe's defaults; only what keeps the run tiny is set
 FAMILY_MODELS = ["mambaout_test", "vmamba_test", "vmamba2_test", "vim_test", "deit_test", "local_vim_test",
-                 "local_vmamba_test", "plainmamba_test"]  # fmt: skip
+                 "local_vmamba_test", "plainmamba_test"]
 
 
 @pytest.mark.parametrize("name", FAMILY_MODELS)
 def test_each_familys_own_recipe_trains_at_its_defaults(shapes, tmp_path, name):
     config = TrainConfig(data_dir=str(shapes), output=str(tmp_path), model=name, img_size=32, batch_size=4,
-                         workers=0, epochs=2, warmup_epochs=1, max_steps_per_epoch=2)  # fmt: skip
+                         workers=0, epochs=2, warmup_epochs=1, max_steps_per_epoch=2)
     assert set(config.recipe_report.overrides) == {"epochs", "warmup_epochs"}
     result = train(config)
     assert result.epochs_run == 2 + config.cooldown_epochs
@@ -250,7 +250,7 @@ def test_recipes_command_table_json_and_yaml_that_train_reads_back(capsys, tmp_p
 def test_train_with_another_models_recipe_from_the_command_line(shapes, tmp_path, capsys):
     code = main(["train", str(shapes), "--model", "mambaout_test", "--recipe", "vmamba2_tiny", "--img-size", "32",
                  "-b", "4", "-j", "0", "--epochs", "1", "--warmup-epochs", "0", "--max-steps-per-epoch", "1",
-                 "--no-model-ema-eval", "--output", str(tmp_path), "--experiment", "run"])  # fmt: skip
+                 "--no-model-ema-eval", "--output", str(tmp_path), "--experiment", "run"])
     assert code == 0
     args = yaml.safe_load((tmp_path / "run" / "args.yaml").read_text())
     assert args["recipe"] == "vmamba2_tiny" and args["clip_grad"] == 5.0 and args["warmup_prefix"] is True
@@ -291,7 +291,7 @@ def test_clipping_by_value_bounds_every_gradient(shapes, tmp_path):
                          initial_checkpoint=str(tmp_path / "start.safetensors"), img_size=32, batch_size=8, workers=0,
                          epochs=1, warmup_epochs=0, cooldown_epochs=0, max_steps_per_epoch=1, no_aug=True, mixup=0,
                          cutmix=0, drop_path=0, opt="momentum", momentum=0, weight_decay=0, lr=1.0, clip_grad=1e-3,
-                         clip_mode="value", val_split="")  # fmt: skip
+                         clip_mode="value", val_split="")
     train(config)
     after = load_training_checkpoint(tmp_path / "run" / "last.pth")["model"]
     moves = torch.stack([(after[k] - v).abs().max() for k, v in start.state_dict().items() if v.is_floating_point()])

@@ -67,7 +67,7 @@ def _free_port() -> int:
 def _sampler_worker(rank: int, world_size: int, port: int, out: str) -> None:
     """One process of a 2-process gloo group: the indices the sampler ClassificationTask builds yields per epoch."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world_size))  # fmt: skip
+                      WORLD_SIZE=str(world_size))
     torch.set_num_threads(1)
     env = distributed.setup("cpu")
     try:
@@ -102,7 +102,7 @@ def test_two_processes_draw_deits_repeated_epoch(tmp_path):
     # forked, not spawned: the processes start with torch and mambaout imported (seconds saved); they set one
     # thread first, as DataLoader workers do
     mp.start_processes(_sampler_worker, args=(world, _free_port(), str(out)), nprocs=world, join=True,
-                       start_method="fork")  # fmt: skip
+                       start_method="fork")
     ranks = torch.load(out)
     assert [r["type"] for r in ranks] == ["RepeatAugSampler"] * world
 
@@ -168,7 +168,7 @@ def test_torchrun_two_processes_train_deits_epoch(images, tmp_path):
     world, batch = 2, 16
     options = dict(QUICK, batch_size=batch, aug_repeats=REPEATS, epochs=2, experiment="run", val_batch_size=5)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world), "-m",
-               "mambaout.cli", "train", str(images), *cli_flags(options), "--output", str(tmp_path)]  # fmt: skip
+               "mambaout.cli", "train", str(images), *cli_flags(options), "--output", str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "run"
@@ -189,7 +189,7 @@ def test_torchrun_two_processes_train_deits_epoch(images, tmp_path):
 def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(images, tmp_path, monkeypatch):
     # augmentation and mixup on: each of an image's repeats is augmented differently, from the restored RNG states
     options = dict(QUICK, no_aug=False, smoothing=0.1, aug_repeats=REPEATS, epochs=3, max_steps_per_epoch=2,
-                   deterministic=True, experiment="run", val_split="")  # fmt: skip
+                   deterministic=True, experiment="run", val_split="")
     train(TrainConfig(data_dir=str(images), output=str(tmp_path / "whole"), **options))
 
     prepare, calls = ClassificationTask.prepare, []
@@ -240,7 +240,7 @@ def test_the_recipe_sets_aug_repeats_and_a_negative_value_is_a_config_error(tmp_
     data = tmp_path / "data"
     (data / "train" / "a").mkdir(parents=True)
     assert main(["train", str(data), "--model", "mambaout_test", "--aug-repeats", "-1", "--output",
-                 str(tmp_path / "out")]) == 2  # fmt: skip
+                 str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "--aug-repeats must be 0 or more" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()

@@ -83,7 +83,7 @@ def test_ade20k_layout_reduces_the_zero_label(tmp_path):
 def test_generic_layout_keeps_labels_and_reads_class_names(tmp_path):
     (tmp_path / "classes.txt").write_text("background\ncat\n\n")
     _write_pair(tmp_path, "train", "a", np.zeros((4, 4, 3), np.uint8), np.array([[0, 1, 255, 1]] * 4, np.uint8),
-                generic=True)  # fmt: skip
+                generic=True)
     layout = find_layout(tmp_path)
     assert layout.kind == "generic" and layout.class_names == ("background", "cat") and layout.train_split == "train"
     _, label = SegmentationDataset(layout, "train").read(0)

@@ -81,7 +81,7 @@ def test_poly_schedule_with_warmup_is_mmcvs():
 
 def test_a_short_run_lowers_the_loss_then_segment_eval_and_segment_work(data, tmp_path, capsys):
     result = train_segmenter(SegmentationConfig(data_dir=str(data), output=str(tmp_path), experiment="run",
-                                                iterations=60, iters_per_epoch=20, **QUICK))  # fmt: skip
+                                                iterations=60, iters_per_epoch=20, **QUICK))
     out = tmp_path / "run"
     rows = _summary(out)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and result.epochs_run == 3
@@ -94,12 +94,12 @@ def test_a_short_run_lowers_the_loss_then_segment_eval_and_segment_work(data, tm
     reports = {}
     for mode in ("whole", "slide"):
         assert main(["segment-eval", str(data), "--checkpoint", checkpoint, "--mode", mode, "--workers", "0",
-                     "--json"]) == 0  # fmt: skip
+                     "--json"]) == 0
         reports[mode] = json.loads(capsys.readouterr().out)
     assert reports["whole"]["mIoU"] == pytest.approx(float(rows[-1]["val_mIoU"]))  # the engine evaluates the same way
     assert reports["whole"]["images"] == 4 and set(reports["slide"]["class_iou"]) == set(CLASS_NAMES)
     assert main(["segment-eval", str(data), "--checkpoint", checkpoint, "--multi-scale", "--flip", "--workers",
-                 "0"]) == 0  # fmt: skip
+                 "0"]) == 0
     assert "mIoU" in capsys.readouterr().out
 
     image = next((data / "images" / "validation").iterdir())
@@ -118,7 +118,7 @@ def test_sigkill_then_resume_auto_ends_with_the_uninterrupted_weights(data, tmp_
 
     killed_out = tmp_path / "killed"
     process = subprocess.Popen([*command, "--output", str(killed_out)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=ONE_THREAD)  # fmt: skip
+                               stderr=subprocess.DEVNULL, env=ONE_THREAD)
     first = killed_out / "run" / "last.pth"
     deadline = time.monotonic() + 300
     while not first.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -127,7 +127,7 @@ def test_sigkill_then_resume_auto_ends_with_the_uninterrupted_weights(data, tmp_
     process.send_signal(signal.SIGKILL)
     process.wait()
     resumed = subprocess.run([*command, "--output", str(killed_out), "--resume", "auto"], capture_output=True,
-                             text=True, env=ONE_THREAD)  # fmt: skip
+                             text=True, env=ONE_THREAD)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     whole = load_training_checkpoint(tmp_path / "whole" / "run" / "last.pth")
     again = load_training_checkpoint(killed_out / "run" / "last.pth")
@@ -142,12 +142,12 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(dat
     # SGD, not AdamW: Adam turns the rounding noise of gradients that are zero in exact arithmetic (a bias before a
     # 1x1 conv and BatchNorm) into full-size steps, which would compare noise, not DDP
     options = dict(QUICK, iterations=6, iters_per_epoch=3, experiment="run", ratio_range=[1, 1], flip_prob=0.0,
-                   photometric=False, dropout=0.0, crop_size=64, opt="sgd", lr=2e-3)  # fmt: skip
+                   photometric=False, dropout=0.0, crop_size=64, opt="sgd", lr=2e-3)
     train_segmenter(SegmentationConfig(data_dir=str(data), output=str(tmp_path / "one"), **dict(options, batch_size=4)))
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-           "mambaout.cli", "segment-train", str(data), *cli_flags(dict(options, batch_size=2))]  # fmt: skip
+           "mambaout.cli", "segment-train", str(data), *cli_flags(dict(options, batch_size=2))]
     done = subprocess.run([*two, "--output", str(tmp_path / "two")], capture_output=True, text=True,
-                          env=ONE_THREAD)  # fmt: skip
+                          env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]
     a = load_training_checkpoint(tmp_path / "one" / "run" / "last.pth")
     b = load_training_checkpoint(tmp_path / "two" / "run" / "last.pth")
@@ -155,7 +155,7 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(dat
     for name, tensor in a["model"].items():  # BatchNorm statistics too: the heads normalize over the global batch
         statistics = name.endswith(("running_mean", "running_var"))  # averages of features: rounding accumulates
         torch.testing.assert_close(b["model"][name], tensor, rtol=1e-3 if statistics else 1e-4,
-                                   atol=1e-4 if statistics else 2e-5, msg=name)  # fmt: skip
+                                   atol=1e-4 if statistics else 2e-5, msg=name)
     for ra, rb in zip(_summary(tmp_path / "one" / "run"), _summary(tmp_path / "two" / "run"), strict=True):
         assert float(ra["train_loss"]) == pytest.approx(float(rb["train_loss"]), rel=1e-4)
         # the areas are summed over the ranks; rounding may flip the argmax of a pixel or two (1e-4 of mIoU each)
@@ -173,7 +173,7 @@ def test_bad_files_are_skipped_and_listed(tmp_path):
     Image.new("RGB", (64, 48)).save(train_images / "outside.jpg")
     Image.new("L", (64, 48), color=40).save(train_labels / "outside.png")
     train_segmenter(SegmentationConfig(data_dir=str(data), output=str(tmp_path), experiment="run", iterations=6,
-                                       iters_per_epoch=6, **QUICK))  # fmt: skip
+                                       iters_per_epoch=6, **QUICK))
     listed = dict(line.split("\t") for line in (tmp_path / "run" / "skipped.txt").read_text().splitlines())
     names = {Path(path).name: reason for path, reason in listed.items()}
     assert set(names) == {"corrupt.jpg", "unlabelled.jpg", "mismatch.jpg", "outside.png"}
@@ -199,7 +199,7 @@ def test_a_rectangular_crop_trains_and_slides_with_its_own_windows(data, tmp_pat
     assert (meta["crop_size"], meta["stride"]) == ([40, 48], [26, 32])
     capsys.readouterr()
     assert main(["segment-eval", str(data), "--checkpoint", str(out / "last.pth"), "--mode", "slide", "--workers",
-                 "0", "--json"]) == 0  # fmt: skip
+                 "0", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 4
 
 

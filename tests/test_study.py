@@ -32,7 +32,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 # a study of two test models that trains in seconds: no augmentation, one lr, a few steps per epoch
 FAST = dict(batch_size=8, workers=0, lr=1e-3, warmup_epochs=0, cooldown_epochs=0, no_aug=True, smoothing=0.0,
             drop_path=0.0, aug_repeats=0, model_ema_decay=0.0, best_by="model", release_weights="model",
-            amp="fp32", checkpoint_hist=1)  # fmt: skip
+            amp="fp32", checkpoint_hist=1)
 BENCH = ["--bench-batch", "2", "--bench-repeats", "1"]
 
 
@@ -51,7 +51,7 @@ def test_the_smoke_preset_end_to_end_with_two_tiny_models_and_two_seeds(tmp_path
     out = tmp_path / "study"
     # no DATA: the preset writes its generated shapes dataset; its pairs give way to the models asked for
     code = main(["study", "--preset", "smoke", "--models", "mambaout_test", "vim_test", "--epochs", "2",
-                 "--max-steps-per-epoch", "6", "--output", str(out), *BENCH])  # fmt: skip
+                 "--max-steps-per-epoch", "6", "--output", str(out), *BENCH])
     assert code == 0
     for name in ("study.csv", "study.json", "study.md", "study.yaml"):
         assert (out / name).is_file(), name
@@ -62,7 +62,7 @@ def test_the_smoke_preset_end_to_end_with_two_tiny_models_and_two_seeds(tmp_path
     rows = _rows(out / "study.csv")
     runs = [r for r in rows if r["seed"] != "mean"]
     assert [(r["model"], r["seed"]) for r in runs] == [("mambaout_test", "42"), ("vim_test", "42"),
-                                                        ("mambaout_test", "43"), ("vim_test", "43")]  # fmt: skip
+                                                        ("mambaout_test", "43"), ("vim_test", "43")]
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(f"{r['model']}-seed{r['seed']}" for r in runs)
     for row in runs:  # each row is its run folder's last epoch, of an ordinary train run
         run = Path(row["run_dir"])
@@ -74,7 +74,7 @@ def test_the_smoke_preset_end_to_end_with_two_tiny_models_and_two_seeds(tmp_path
     # the table's top-1 is what `validate` gives the checkpoint the run leaves (same images, same preprocessing)
     first = Path(runs[0]["run_dir"])
     checked = validate(str(out / "shapes"), "mambaout_test", checkpoint=first / "last.pth", input_size=(32, 32),
-                       workers=0, device="cpu")  # fmt: skip
+                       workers=0, device="cpu")
     assert checked.top1 == pytest.approx(float(runs[0]["top1"]), abs=1e-6)
 
     means = {r["model"]: r for r in rows if r["seed"] == "mean"}
@@ -92,16 +92,16 @@ def test_the_smoke_preset_end_to_end_with_two_tiny_models_and_two_seeds(tmp_path
 def test_a_study_killed_in_its_second_run_resumes_to_the_table_of_an_uninterrupted_one(shapes, tmp_path):
     options = dict(FAST, epochs=3, deterministic=True)
     command = [console_script(), "study", str(shapes), "--models", "mambaout_test", "vim_test", "--img-size", "32",
-               *cli_flags(options), *BENCH]  # fmt: skip
+               *cli_flags(options), *BENCH]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # uninterrupted, and with both runs at once (--jobs 2): each run's result does not depend on its neighbours
     whole = subprocess.run([*command, "--jobs", "2", "--output", str(tmp_path / "whole")], capture_output=True,
-                           text=True, env=env)  # fmt: skip
+                           text=True, env=env)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     killed = tmp_path / "killed"
     process = subprocess.Popen([*command, "--output", str(killed)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+                               stderr=subprocess.DEVNULL, env=env)
     second = killed / "runs" / "vim_test-seed42" / "args.yaml"
     deadline = time.monotonic() + 300
     while not second.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -116,7 +116,7 @@ def test_a_study_killed_in_its_second_run_resumes_to_the_table_of_an_uninterrupt
     again = subprocess.run([*command, "--output", str(killed)], capture_output=True, text=True, env=env)
     assert again.returncode != 0 and "--resume auto" in again.stderr  # a study folder is never reused silently
     resumed = subprocess.run([*command, "--output", str(killed), "--resume", "auto"], capture_output=True,
-                             text=True, env=env)  # fmt: skip
+                             text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "1 of 2 runs finished earlier" in resumed.stderr
     assert {p.name: p.stat().st_mtime_ns for p in first.iterdir() if p.is_file()} == first_files  # not retrained
@@ -130,7 +130,7 @@ def test_a_study_killed_in_its_second_run_resumes_to_the_table_of_an_uninterrupt
 def _quick_study(shapes, out, **changes) -> StudyConfig:
     options = dict(FAST, max_steps_per_epoch=1, **changes.pop("options", {}))
     return StudyConfig(data_dir=str(shapes), models=["mambaout_test", "vim_test"], epochs=1, img_size=32,
-                       output=str(out), bench_batch=2, bench_repeats=1, options=options, **changes)  # fmt: skip
+                       output=str(out), bench_batch=2, bench_repeats=1, options=options, **changes)
 
 
 def _args(out: Path) -> dict[str, dict]:
@@ -158,21 +158,21 @@ def test_recipe_name_gives_every_run_the_same_options_and_own_gives_each_its_own
         unset = [key for key in recipe if key not in study_set]
         assert {k: args[k] for k in unset} == {k: plain(recipe[k]) for k in unset}
     differing = [k for k in get_recipe("vim_tiny").values if k not in study_set
-                 and own["mambaout_test-seed42"][k] != own["vim_test-seed42"][k]]  # fmt: skip
+                 and own["mambaout_test-seed42"][k] != own["vim_test-seed42"][k]]
     assert differing, "the two own recipes should differ somewhere the study leaves alone"
 
 
 def test_a_shorter_study_shrinks_each_recipe_warmup_in_proportion(shapes, tmp_path):
     config = StudyConfig(data_dir=str(shapes), models=["mambaout_femto", "vim_tiny", "local_vim_tiny"], epochs=30,
-                         img_size=32, output=str(tmp_path))  # fmt: skip
+                         img_size=32, output=str(tmp_path))
     from mambaout.study.plan import make_runs
 
     warmups = {run.model: run.train_config().warmup_epochs for run in make_runs(config)}
     expected = {m: round(recipe_for(m)[0].values["warmup_epochs"] * 30 / recipe_for(m)[0].values["epochs"])
-                for m in warmups}  # fmt: skip
+                for m in warmups}
     assert warmups == expected and warmups["mambaout_femto"] == 2  # 20 of 300 epochs: 2 of 30
     set_by_user = StudyConfig(data_dir=str(shapes), models=["mambaout_femto"], epochs=30, img_size=32,
-                              output=str(tmp_path), options={"warmup_epochs": 3})  # fmt: skip
+                              output=str(tmp_path), options={"warmup_epochs": 3})
     assert make_runs(set_by_user)[0].train_config().warmup_epochs == 3
 
 
@@ -202,7 +202,7 @@ def test_bad_input_fails_before_any_training(shapes, tmp_path):
     def fails(error, match, **changes):
         with pytest.raises(error, match=match):
             run_study(StudyConfig(**{**dict(data_dir=str(shapes), models=["mambaout_test"], img_size=32,
-                                            output=str(tmp_path / "s")), **changes}))  # fmt: skip
+                                            output=str(tmp_path / "s")), **changes}))
         assert not (tmp_path / "s" / "runs").exists()
 
     fails(StudyError, "Closest: mambaout_femto", models=["mambaout_femtoo"])
@@ -243,7 +243,7 @@ def test_presets_name_registered_models_and_pair_each_reference_with_its_rivals(
 def test_torchrun_runs_each_study_run_on_all_processes(shapes, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
                "mambaout.cli", "study", str(shapes), "--models", "mambaout_test", "--seeds", "2", "--epochs", "1",
-               "--img-size", "32", "--output", str(tmp_path), *cli_flags(dict(FAST, batch_size=4)), *BENCH]  # fmt: skip
+               "--img-size", "32", "--output", str(tmp_path), *cli_flags(dict(FAST, batch_size=4)), *BENCH]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert {name: args["world_size"] for name, args in _args(tmp_path).items()} == {

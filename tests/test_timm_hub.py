@@ -108,7 +108,7 @@ def test_timms_data_pipeline_gives_mambaout_validates_top1(shapes, tmp_path):
     dataset = ImageDataset(str(shapes / "val"), transform=create_transform(**config))
     loader = create_loader(dataset, input_size=config["input_size"], batch_size=5, use_prefetcher=False,
                            interpolation=config["interpolation"], mean=config["mean"], std=config["std"],
-                           crop_pct=config["crop_pct"], crop_mode=config["crop_mode"], num_workers=0)  # fmt: skip
+                           crop_pct=config["crop_pct"], crop_mode=config["crop_mode"], num_workers=0)
     correct, logits = 0, []
     with torch.no_grad():
         for images, targets in loader:
@@ -172,7 +172,7 @@ def trained_run(tmp_path_factory):
     code = main(["train", str(root / "data"), "--model", "plainmamba_test", "--epochs", "2", "-b", "4",
                  "--workers", "0", "--output", str(root), "--experiment", "run", "--warmup-epochs", "0",
                  "--amp", "fp32", "--aug-repeats", "0", "--mixup", "0", "--cutmix", "0",
-                 "--model-ema-decay", "0"])  # fmt: skip
+                 "--model-ema-decay", "0"])
     assert code == 0
     return root / "run"
 

@@ -72,9 +72,9 @@ def test_a_short_run_lowers_the_loss_and_writes_every_output(shapes, tmp_path):
 
 def test_history_is_bounded(shapes, tmp_path):
     train(TrainConfig(data_dir=str(shapes), output=str(tmp_path), experiment="run", epochs=4, checkpoint_hist=2,
-                      max_steps_per_epoch=1, **QUICK))  # fmt: skip
+                      max_steps_per_epoch=1, **QUICK))
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*.pth")) == ["checkpoint-2.pth",
-                                                                                    "checkpoint-3.pth"]  # fmt: skip
+                                                                                    "checkpoint-3.pth"]
 
 
 def test_sigkill_at_a_random_step_then_resume_ends_with_the_uninterrupted_weights(shapes, tmp_path):
@@ -87,7 +87,7 @@ def test_sigkill_at_a_random_step_then_resume_ends_with_the_uninterrupted_weight
 
     killed_out = tmp_path / "killed"
     process = subprocess.Popen([*command, "--output", str(killed_out)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+                               stderr=subprocess.DEVNULL)
     first = killed_out / "run" / "last.pth"
     deadline = time.monotonic() + 300
     while not first.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -96,7 +96,7 @@ def test_sigkill_at_a_random_step_then_resume_ends_with_the_uninterrupted_weight
     process.send_signal(signal.SIGKILL)
     process.wait()
     resumed = subprocess.run([*command, "--output", str(killed_out), "--resume", "auto"], capture_output=True,
-                             text=True)  # fmt: skip
+                             text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     whole = load_training_checkpoint(tmp_path / "whole" / "run" / "last.pth")
@@ -117,7 +117,7 @@ class _Killed(BaseException):
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_a_kill_next_to_the_checkpoint_write_loses_no_summary_row(shapes, tmp_path, monkeypatch, when):
     config = dict(data_dir=str(shapes), output=str(tmp_path), experiment="run", epochs=3, max_steps_per_epoch=1,
-                  **QUICK)  # fmt: skip
+                  **QUICK)
     save = CheckpointKeeper.save
 
     def killed_at_epoch_1(self, state, epoch, is_best):
@@ -139,7 +139,7 @@ def test_a_kill_next_to_the_checkpoint_write_loses_no_summary_row(shapes, tmp_pa
 
 def test_resume_auto_never_picks_a_damaged_checkpoint(shapes, tmp_path):
     train(TrainConfig(data_dir=str(shapes), output=str(tmp_path), experiment="run", epochs=3, max_steps_per_epoch=1,
-                      **QUICK))  # fmt: skip
+                      **QUICK))
     out = tmp_path / "run"
     last = out / "last.pth"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # as if cut off mid-write (not atomic)
@@ -166,9 +166,9 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(sha
     one = [console_script(), "train", str(shapes), *cli_flags(dict(options, batch_size=8))]
     subprocess.run([*one, "--output", str(tmp_path / "one")], check=True, capture_output=True)
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-           "mambaout.cli", "train", str(shapes), *cli_flags(dict(options, batch_size=4))]  # fmt: skip
+           "mambaout.cli", "train", str(shapes), *cli_flags(dict(options, batch_size=4))]
     done = subprocess.run([*two, "--output", str(tmp_path / "two")], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     a = load_training_checkpoint(tmp_path / "one" / "run" / "last.pth")
     b = load_training_checkpoint(tmp_path / "two" / "run" / "last.pth")
@@ -224,7 +224,7 @@ def test_config_file_sets_defaults_and_flags_win(shapes, tmp_path, capsys):
     config.write_text(yaml.safe_dump({**QUICK, "epochs": 1, "max-steps-per-epoch": 1, "lr": 1e-3}))
     assert read_config_file(config)["max_steps_per_epoch"] == 1
     code = main(["train", str(shapes), "-c", str(config), "--lr", "5e-4", "--output", str(tmp_path),
-                 "--experiment", "run"])  # fmt: skip
+                 "--experiment", "run"])
     assert code == 0
     args = yaml.safe_load((tmp_path / "run" / "args.yaml").read_text())
     assert args["lr"] == 5e-4 and args["epochs"] == 1 and args["model"] == "mambaout_test"
@@ -245,7 +245,7 @@ def test_img_size_h_w_trains_at_that_shape_and_names_the_run_with_it(shapes, tmp
 
     monkeypatch.setattr(train_module.ClassificationTask, "loss", recording)
     options = dict({k: v for k, v in QUICK.items() if k != "no_aug" or not augment}, img_size=[32, 48], epochs=1,
-                   max_steps_per_epoch=2)  # fmt: skip
+                   max_steps_per_epoch=2)
     assert main(["train", str(shapes), *cli_flags(options), "--output", str(tmp_path)]) == 0
     out = tmp_path / "mambaout_test-32x48"
     assert yaml.safe_load((out / "args.yaml").read_text())["img_size"] == [32, 48]

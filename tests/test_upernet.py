@@ -60,7 +60,7 @@ def test_heads_equal_the_transformers_port_of_mmseg_with_the_same_weights(traini
         mine.train(training), theirs.train(training)
     # a 64x96 input's maps at strides 4..32: odd sizes exercise every resize
     features = [torch.randn(2, c, 16 // 2**i + 1, 24 // 2**i + 1, generator=generator)
-                for i, c in enumerate(SWIN_T_CHANNELS)]  # fmt: skip
+                for i, c in enumerate(SWIN_T_CHANNELS)]
     torch.testing.assert_close(ours(features), port(features), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ours_aux(features), port_aux(features), rtol=1e-4, atol=1e-5)
 
@@ -143,7 +143,7 @@ def test_whole_mode_resizes_to_the_test_scale_keeping_the_aspect_ratio():
     model = PixelwiseModel()
     image = torch.randn(1, 3, 100, 300)
     segment_probabilities(model, image, InferenceSettings("whole", img_scale=(2048, 512), ratios=(0.5, 1.0),
-                                                          flip=True))  # fmt: skip
+                                                          flip=True))
     # (2048, 512) x 0.5 = (1024, 256): 300x100 -> 768x256; x 1.0: 1536x512; each with and without flip
     assert model.calls == [(1, 3, 256, 768)] * 2 + [(1, 3, 512, 1536)] * 2
 

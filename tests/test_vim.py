@@ -9,7 +9,9 @@ from timm.layers import resample_abs_pos_embed
 import mambaout
 from conftest import reference
 from mambaout.analysis.flops import model_flops
-from mambaout.models.vim import BiMambaMixer, causal_conv1d, resample_mid_cls_pos_embed
+from mambaout.models._mamba_layers import causal_conv1d
+from mambaout.models._positions import resample_mid_cls_pos_embed
+from mambaout.models.vim import BiMambaMixer
 from mambaout.ops.selective_scan import selective_scan
 from mambaout.registry import weights_location
 

@@ -14,5 +14,5 @@ register_in_timm()
 __all__ = [
     "create_backbone", "create_detector", "create_model", "create_segmenter", "get_model_spec", "list_models",
     "load_checkpoint", "push_to_hub", "save_checkpoint",
-]  # fmt: skip
+]
 __version__ = "0.1.0"

@@ -207,7 +207,7 @@ def _add_config_options(p, config_class: type, skip: tuple[str, ...] = (), only_
         elif kind.startswith("list["):
             item = _TYPES[kind[5:-1]]
             p.add_argument(*flags, dest=f.name, type=item, nargs=f.metadata.get("nargs", "+"), default=default,
-                           help=help_text)  # fmt: skip
+                           help=help_text)
         else:
             p.add_argument(*flags, dest=f.name, type=_TYPES[kind], default=default, help=help_text)
 
@@ -219,7 +219,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     options = {name: getattr(args, name) for name in names if hasattr(args, name)}
     given = dict(data_dir=args.data_dir, output=args.output, resume=args.resume, jobs=args.jobs,
                  first_seed=args.first_seed, bench_batch=args.bench_batch, bench_repeats=args.bench_repeats,
-                 bench_precision=args.bench_precision, options=options)  # fmt: skip
+                 bench_precision=args.bench_precision, options=options)
     for key in ("models", "recipe", "seeds", "epochs", "img_size"):  # unset: the preset's (or the study's default)
         if getattr(args, key) is not None:
             given[key] = getattr(args, key)
@@ -317,7 +317,7 @@ def cmd_segment_data(args: argparse.Namespace) -> int:
     print(f"wrote a generated dataset in ADE20K's layout to {root}; train on it with e.g.\n"
           f"  mambaout segment-train {root} --backbone mambaout_femto --iterations 200 --iters-per-epoch 100 "
           "--warmup-iters 20 -b 8 --lr 1e-3 --img-scale 128 64 --crop-size 64 --channels 128 "
-          "--aux-channels 64")  # fmt: skip
+          "--aux-channels 64")
     return 0
 
 
@@ -336,12 +336,12 @@ def cmd_segment_eval(args: argparse.Namespace) -> int:
 
     report = evaluate_checkpoint(args.data_dir, args.checkpoint, mode=args.mode, multi_scale=args.multi_scale,
                                  flip=args.flip, split=args.split, device=args.device, workers=args.workers,
-                                 amp=args.amp, use_ema=args.use_ema)  # fmt: skip
+                                 amp=args.amp, use_ema=args.use_ema)
     if not report.main_process:
         return 0
     if args.json:
         print(json.dumps({"images": report.images, "skipped": report.skipped, **report.metrics.summary(),
-                          "class_iou": report.metrics.class_iou}, indent=2))  # fmt: skip
+                          "class_iou": report.metrics.class_iou}, indent=2))
     else:
         print(report.format())
     return 0
@@ -352,7 +352,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     model, meta = load_segmenter(args.checkpoint, use_ema=args.use_ema)
     settings = InferenceSettings(args.mode, tuple(meta["img_scale"]), MULTI_SCALE_RATIOS if args.multi_scale else
-                                 (1.0,), args.flip, meta["crop_size"], meta["stride"])  # fmt: skip
+                                 (1.0,), args.flip, meta["crop_size"], meta["stride"])
     done, errors = segment_files(model, args.images, args.output, meta["class_names"], settings, args.device)
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
@@ -370,7 +370,7 @@ def cmd_detect_data(args: argparse.Namespace) -> int:
     print(f"wrote a generated instance-segmentation dataset in COCO's format to {root}; train on it with e.g.\n"
           f"  mambaout detect-train {root} --backbone mambaout_femto --img-scale 128 96 -b 4 --lr 4e-4 "
           "--warmup-iters 10 --epochs 6 --lr-steps 4 5 --fpn-channels 64 --box-head-dim 256 --mask-head-channels 64 "
-          "--rpn-post-nms-train 200 --box-batch-size-per-image 64")  # fmt: skip
+          "--rpn-post-nms-train 200 --box-batch-size-per-image 64")
     return 0
 
 
@@ -389,10 +389,10 @@ def cmd_detect_eval(args: argparse.Namespace) -> int:
 
     report = evaluate_checkpoint(args.data_dir, args.checkpoint, split=args.split, out=args.output, device=args.device,
                                  workers=args.workers, batch_size=args.batch_size, amp=args.amp,
-                                 use_ema=args.use_ema)  # fmt: skip
+                                 use_ema=args.use_ema)
     if args.json:
         print(json.dumps({"images": report.evaluation.images, "skipped": [s.path for s in report.evaluation.skipped],
-                          **report.evaluation.metrics}, indent=2))  # fmt: skip
+                          **report.evaluation.metrics}, indent=2))
     else:
         print(report.format())
     return 0
@@ -404,7 +404,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     model, meta = load_detector(args.checkpoint, use_ema=args.use_ema, box_score_thresh=args.score_threshold)
     done, errors = detect_files(model, args.images, meta["class_names"], args.output, args.score_threshold,
-                                args.device)  # fmt: skip
+                                args.device)
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     if args.json:
@@ -443,7 +443,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         logging.getLogger("mambaout").warning("no --checkpoint or --pretrained: exporting random weights")
     model = create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
     report = export_model(model, args.format, args.output, args.img_size, dynamic_batch=not args.fixed_batch,
-                          verify_output=not args.no_verify)  # fmt: skip
+                          verify_output=not args.no_verify)
     print(report.format_lines())
     return 0
 
@@ -457,7 +457,7 @@ def cmd_push_to_hub(args: argparse.Namespace) -> int:
         print(f"wrote {save_for_hub(release.model, args.local_dir, card)} (config.json, model.safetensors, README.md)")
         return 0
     url = push_to_hub(release.model, args.repo, card=card, token=args.token, private=args.private,
-                      revision=args.revision, commit_message=args.message)  # fmt: skip
+                      revision=args.revision, commit_message=args.message)
     print(f"pushed {release.source} to {url}; load it with create_model('hf-hub:{args.repo}')")
     return 0
 
@@ -467,7 +467,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     launch_demo(model=args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, host=args.host,
                port=args.port, checkpoint_dir=args.checkpoint_dir, share_host=args.allow_remote,
-               input_size=args.img_size)  # fmt: skip
+               input_size=args.img_size)
     return 0
 
 
@@ -521,9 +521,9 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     add_img_size(p)
     add_device(p)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="autocast; auto: bf16 on GPUs and on CPUs with AVX512-BF16/AMX, else fp32")  # fmt: skip
+                   help="autocast; auto: bf16 on GPUs and on CPUs with AVX512-BF16/AMX, else fp32")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
-                   help="channels-last memory format (auto: for convolutional models)")  # fmt: skip
+                   help="channels-last memory format (auto: for convolutional models)")
     p.add_argument("--no-fold-norms", action="store_true", help="keep LayerNorm affines out of the next Linear")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off for many images)")
     p.add_argument("--json", action="store_true")
@@ -539,31 +539,31 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
         "MACs and inference images/s side by side, and write study.csv, study.json, study.md and plots. "
         "Presets: " + "; ".join(f"{name}: {preset.title}" for name, preset in _STUDY_PRESETS.items()) + ". "
         "Any other train option (--lr, --batch-size, --amp, ...) is passed to every run.",
-    )  # fmt: skip
+    )
     p.add_argument("data_dir", nargs="?", metavar="DATA", help="dataset in ImageNet's layout (DATA/train, DATA/val); "
-                   "the smoke preset writes a generated one when left out")  # fmt: skip
+                   "the smoke preset writes a generated one when left out")
     p.add_argument("--preset", help="the paper's experiments: hypothesis1[-femto|-tiny|-small|-base], "
-                   "causal[-tiny|-small|-base], smoke")  # fmt: skip
+                   "causal[-tiny|-small|-base], smoke")
     p.add_argument("--models", nargs="+", help="models to compare (default: the preset's)")
     p.add_argument("--recipe", help="'own': each model its authors' recipe (default); a recipe name: every model "
-                   "that one (the controlled comparison)")  # fmt: skip
+                   "that one (the controlled comparison)")
     p.add_argument("--seeds", type=count(1), help="runs per model with seeds first-seed, first-seed+1, ... "
-                   "(mean and standard deviation; default 1)")  # fmt: skip
+                   "(mean and standard deviation; default 1)")
     p.add_argument("--first-seed", type=int, default=42, help="the first run's seed")
     p.add_argument("--epochs", type=count(1), help="epochs of every run; warmup and cooldown shrink in proportion "
-                   "unless set (default: each recipe's)")  # fmt: skip
+                   "unless set (default: each recipe's)")
     add_img_size(p, "training and validation input size: one number (a square) or H W (default 224)", old=False)
     p.add_argument("--output", default="output/study", help="study folder (runs in OUTPUT/runs/)")
     p.add_argument("--resume", choices=["auto"], help="continue the study in OUTPUT: finished runs are kept, the "
-                   "interrupted one resumes from its newest checkpoint")  # fmt: skip
+                   "interrupted one resumes from its newest checkpoint")
     p.add_argument("--jobs", type=count(1), default=1, help="runs trained at the same time on this machine, "
-                   "each with its share of the cores")  # fmt: skip
+                   "each with its share of the cores")
     p.add_argument("--bench-batch", type=count(1), default=32, help="batch of the images/s measurement")
     p.add_argument("--bench-repeats", type=count(1), default=5, help="timed batches per model")
     p.add_argument("--bench-precision", choices=["fp32", "bf16", "fp16"],
                    help="precision of the images/s measurement (default: fp32 on a CPU, bf16 on a GPU)")
     _add_config_options(p.add_argument_group("options of every run (train's; default: the recipe's)"),
-                        TrainConfig, skip=STUDY_SET, only_given=True)  # fmt: skip
+                        TrainConfig, skip=STUDY_SET, only_given=True)
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("validate", help="top-1/top-5 accuracy on DATA_DIR/<split>/<class>/<images> (ImageNet layout)")
@@ -576,7 +576,7 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     add_device(p)
     add_img_size(p)
     p.add_argument("--precision", choices=["fp32", "auto", "bf16", "fp16"], default="fp32",
-                   help="fp32 (default) reproduces published accuracy; auto: bf16 where supported")  # fmt: skip
+                   help="fp32 (default) reproduces published accuracy; auto: bf16 where supported")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_validate)
@@ -589,7 +589,7 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     p.add_argument("--num-images", type=count(1), default=50, metavar="N", help="images to average over")
     p.add_argument("--stage", type=int, default=-1, metavar="INDEX", help="feature map (stage, or block of DeiT/Vim)")
     add_output(p, None, "heat map path (FILE.png; default erf_MODEL.png); the raw map goes beside it as .npy",
-               old=True)  # fmt: skip
+               old=True)
     add_device(p)
     p.set_defaults(func=cmd_erf)
 
@@ -628,9 +628,9 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     p = sub.add_parser("push-to-hub", help="a trained model to the Hugging Face Hub in timm's layout, with a card",
                        description="Upload config.json, model.safetensors and a model card (recipe, validation "
                        "result) to REPO, so that create_model('hf-hub:REPO') and, after `import mambaout`, "
-                       "timm.create_model('hf-hub:REPO', pretrained=True) load it.")  # fmt: skip
+                       "timm.create_model('hf-hub:REPO', pretrained=True) load it.")
     p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="a training run folder (its best.pth, else last.pth) "
-                   "or a checkpoint")  # fmt: skip
+                   "or a checkpoint")
     p.add_argument("repo", metavar="REPO", help="Hub repository ORG/NAME (created if missing)")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or `hf auth login`'s)")
     p.add_argument("--private", action="store_true", help="create the repository private")
@@ -647,7 +647,7 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--allow-remote", action="store_true", help="allow --host to be an interface other machines reach")
     add_img_size(p, "input size: one number (square) or H W (default: the training run's img_size from "
-                 "args.yaml, else the model's)")  # fmt: skip
+                 "args.yaml, else the model's)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("quickstart", help="generate a dataset, train a small MambaOut on it, validate, predict")
@@ -668,7 +668,7 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     p.set_defaults(func=cmd_segment_train)
 
     for name, text in (("segment-eval", "mIoU/mAcc/aAcc of a segment-train checkpoint (torchrun for many processes)"),
-                       ("segment", "colour-coded label maps and overlays for image files")):  # fmt: skip
+                       ("segment", "colour-coded label maps and overlays for image files")):
         p = sub.add_parser(name, help=text)
         if name == "segment-eval":
             p.add_argument("data_dir", metavar="DATA_DIR")

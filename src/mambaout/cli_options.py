@@ -42,7 +42,7 @@ class _ImageSize(argparse.Action):
     """One number (a square) or two (H W), stored as (H, W)."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:  # fmt: skip
+                 option_string: str | None = None) -> None:
         if len(values) not in (1, 2):
             parser.error(f"{option_string} takes one number (a square) or two (H W), got {len(values)}")
         setattr(namespace, self.dest, (values[0], values[0]) if len(values) == 1 else tuple(values))
@@ -59,7 +59,7 @@ def deprecated_action(replacement: str, action: type[argparse.Action] | str = "s
     class Deprecated(base):  # type: ignore[misc, valid-type]
         def __call__(self, parser, namespace, values, option_string=None):
             warnings.warn(f"{option_string} is deprecated and goes in the next release: use {replacement}",
-                          FutureWarning, stacklevel=2)  # fmt: skip
+                          FutureWarning, stacklevel=2)
             if flip:
                 values = list(reversed(values))
             super().__call__(parser, namespace, values, option_string)
@@ -72,23 +72,23 @@ IMG_SIZE_HELP = "input size: one number (square) or H W (default: the model's)"
 
 def add_img_size(p: argparse.ArgumentParser, help: str = IMG_SIZE_HELP, default: Any = None,
                  old_width_first: bool = False, flag: str = "--img-size", dest: str = "img_size",
-                 old: bool = True) -> None:  # fmt: skip
+                 old: bool = True) -> None:
     """--img-size SIZE | H W (or `flag`, e.g. --crop-size), and the old --size H W where `old` (W H where
     `old_width_first`)."""
     p.add_argument(flag, dest=dest, nargs="+", type=count(1), action=_ImageSize, default=default, metavar="SIZE",
-                   help=help)  # fmt: skip
+                   help=help)
     if old:
         p.add_argument("--size", dest=dest, nargs=2, type=count(1), help=argparse.SUPPRESS,
-                       action=deprecated_action("--img-size H W", _ImageSize, flip=old_width_first))  # fmt: skip
+                       action=deprecated_action("--img-size H W", _ImageSize, flip=old_width_first))
 
 
 def add_batch_size(p: argparse.ArgumentParser, default: int, help: str = "images per batch",
-                   old: str | None = None) -> None:  # fmt: skip
+                   old: str | None = None) -> None:
     """-b/--batch-size, and an old spelling (`old`, e.g. --batch)."""
     p.add_argument("-b", "--batch-size", type=count(1), default=default, help=help)
     if old:
         p.add_argument(old, dest="batch_size", type=count(1), help=argparse.SUPPRESS,
-                       action=deprecated_action("-b/--batch-size"))  # fmt: skip
+                       action=deprecated_action("-b/--batch-size"))
 
 
 def add_output(p: argparse.ArgumentParser, default: str | None, help: str, old: bool = False) -> None:
@@ -110,14 +110,14 @@ CHECKPOINT_HELP = "weights file (.pth/.pt/.bin/.safetensors, official or ours)"
 
 
 def add_weights(p: argparse.ArgumentParser, ema: bool = True, required: bool = False,
-                checkpoint_help: str = CHECKPOINT_HELP) -> None:  # fmt: skip
+                checkpoint_help: str = CHECKPOINT_HELP) -> None:
     """--checkpoint | --pretrained (one of them where `required`), and --use-ema."""
     weights = p.add_mutually_exclusive_group(required=required)
     weights.add_argument("--checkpoint", help=checkpoint_help)
     weights.add_argument("--pretrained", action="store_true", help="the release weights (downloaded once)")
     if ema:
         p.add_argument("--use-ema", action="store_true", default=None,
-                       help="take the EMA weights of a training checkpoint")  # fmt: skip
+                       help="take the EMA weights of a training checkpoint")
 
 
 def resolved_device(device: str | None) -> str:

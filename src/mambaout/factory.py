@@ -61,7 +61,7 @@ def create_model(
     "getter" is the one extractor every family here supports.
     """
     options = dict(num_classes=num_classes, drop_path_rate=drop_path_rate, use_ema=use_ema,
-                   features_only=features_only, out_indices=out_indices, feature_cls=feature_cls)  # fmt: skip
+                   features_only=features_only, out_indices=out_indices, feature_cls=feature_cls)
     if not is_hub_name(name):
         return build_model(name, bool(pretrained), checkpoint, cache_dir=cache_dir, **options, **overrides)
     hub = read_hub_model(name, cache_dir)
@@ -71,7 +71,7 @@ def create_model(
         options["num_classes"] = hub.pretrained_cfg.get("num_classes")
     model_args = {k: v for k, v in hub.model_args.items() if k not in options}
     return build_model(hub.architecture, False, checkpoint, cfg_overlay=hub.pretrained_cfg, **options,
-                       **{**model_args, **overrides})  # fmt: skip
+                       **{**model_args, **overrides})
 
 
 def build_model(

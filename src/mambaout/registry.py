@@ -122,7 +122,7 @@ def timm_pretrained_cfg(name: str) -> PretrainedCfg:
     """A model's pretrained config as timm's `PretrainedCfg` (our download-cache keys left out)."""
     cfg = get_model_spec(name).pretrained_cfg
     return PretrainedCfg(**{k: v for k, v in cfg.items() if k in TIMM_CFG_FIELDS and k != "architecture"},
-                         architecture=name)  # fmt: skip
+                         architecture=name)
 
 
 def hub_weights(repo_id: str, filename: str = "model.safetensors") -> dict[str, str]:

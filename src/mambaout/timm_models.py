@@ -85,7 +85,7 @@ def entrypoint(name: str) -> Callable[..., nn.Module]:
         if cfg.get("num_classes") is not None:  # a pushed model's head, unless the caller asks for another
             kwargs.setdefault("num_classes", cfg["num_classes"])
         model = build_model(name, pretrained and checkpoint is None, checkpoint, cfg_overlay=cfg, cache_dir=cache_dir,
-                            **kwargs)  # fmt: skip
+                            **kwargs)
         if placement["device"] is not None or placement["dtype"] is not None:
             model.to(device=placement["device"], dtype=placement["dtype"])
         return model

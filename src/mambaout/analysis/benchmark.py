@@ -41,7 +41,7 @@ COLUMNS = (
     "latency_ms_max", "latency_ms_p25", "latency_ms_p75", "peak_memory_mb", "baseline_memory_mb",
     "memory_increase_mb", "memory_kind", "params_m", "gmacs", "effective_gflops", "peak_fraction", "published_top1",
     "repeats", "warmup", "memory_limit_mb", "wall_s", "message",
-)  # fmt: skip
+)
 
 
 class BenchmarkError(MambaoutError, ValueError):
@@ -186,12 +186,12 @@ def run_benchmark(
         matmul_gflops=peak, flops_per_mac=2 * (TRAIN_FLOPS_FACTOR if mode == "train" else 1),
         torch=torch.__version__, python=platform.python_version(), platform=platform.platform(),
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )  # fmt: skip
+    )
     cases = [
         Case(name, size, batch, precision, mode, str(dev), channels_last, compile, repeats, warmup, scan_backend,
              threads, memory_limit_mb)
         for size in sizes for name in models
-    ]  # fmt: skip
+    ]
     rows: list[dict[str, Any]] = []
     bar = tqdm(cases, desc="benchmark", unit="case", disable=not progress)
     for case in bar:

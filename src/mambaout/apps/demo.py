@@ -302,7 +302,7 @@ def build_demo(pool: ModelPool, default_key: str, examples: Sequence[str] = ()):
                 with gr.Row():
                     crop = gr.Image(label="what the model saw (preprocessed crop)", type="filepath", interactive=False)
                     explanation = gr.Image(label="gradient saliency of the top class", type="filepath",
-                                           interactive=False)  # fmt: skip
+                                           interactive=False)
         outputs = [label, crop, explanation, status]
         button.click(run, [picker, upload], outputs, api_name="classify", concurrency_limit=CONCURRENCY)
         upload.upload(run, [picker, upload], outputs, api_name=False, concurrency_limit=CONCURRENCY)
@@ -375,5 +375,5 @@ def launch_demo(
     demo = build_demo(pool, first, example_images(examples_dir))
     allowed = [str(examples_dir)] if examples_dir else None
     demo.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE, prevent_thread_lock=not block,
-                show_error=True, quiet=not block, allowed_paths=allowed)  # fmt: skip
+                show_error=True, quiet=not block, allowed_paths=allowed)
     return demo

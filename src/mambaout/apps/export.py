@@ -52,13 +52,13 @@ class ExportReport:
 
     def format_lines(self) -> str:
         lines = [f"wrote {self.path} ({self.format}, input {self.input_size[0]}x{self.input_size[1]}, "
-                 f"batch {'dynamic' if self.dynamic_batch else 1}, {self.seconds:.1f} s)"]  # fmt: skip
+                 f"batch {'dynamic' if self.dynamic_batch else 1}, {self.seconds:.1f} s)"]
         if self.format == "pt2":
             lines.append(f"  selective-scan custom-op nodes kept: {self.scan_nodes}")
         if self.max_rel_diff is not None:
             batches = ", ".join(map(str, self.checked_batches))
             lines.append(f"  verified against eager PyTorch at batch {batches}: max relative difference "
-                         f"{self.max_rel_diff:.2e} (tolerance {self.tolerance:.0e})")  # fmt: skip
+                         f"{self.max_rel_diff:.2e} (tolerance {self.tolerance:.0e})")
         return "\n".join(lines)
 
 
@@ -117,7 +117,7 @@ def _to_onnx(program: torch.export.ExportedProgram, path: Path, metadata: dict[s
         onnx_program = torch.onnx.export(
             program, dynamo=True, custom_translation_table=translation_table(), opset_version=ONNX_OPSET,
             input_names=["image"], output_names=["logits"], optimize=True, verbose=False,
-        )  # fmt: skip
+        )
     except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ExportError(f"the ONNX exporter failed: {first}") from error

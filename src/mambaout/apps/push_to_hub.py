@@ -29,7 +29,7 @@ from ..registry import get_model_spec
 
 # the options a reader of a model card compares runs by
 CARD_OPTIONS = ("epochs", "batch_size", "lr_used", "opt", "weight_decay", "sched", "warmup_epochs", "drop_path",
-                "smoothing", "aa", "mixup", "cutmix", "reprob", "model_ema_decay", "amp_used", "img_size")  # fmt: skip
+                "smoothing", "aa", "mixup", "cutmix", "reprob", "model_ema_decay", "amp_used", "img_size")
 RESULT_KEYS = ("val_top1", "val_top5", "val_loss")
 
 
@@ -107,9 +107,9 @@ def model_card(release: Release, repo_id: str) -> str:
         "```\n"
     )
     metadata = ModelCardData(library_name="timm", pipeline_tag="image-classification",
-                             tags=["image-classification", "timm", "mambaout"])  # fmt: skip
+                             tags=["image-classification", "timm", "mambaout"])
     lines = [f"# Model card for {repo_id.split('/')[-1]}", "",
-             f"{model.model_name} trained with mambaout ({release.source.name}).", "", "## Model Details"]  # fmt: skip
+             f"{model.model_name} trained with mambaout ({release.source.name}).", "", "## Model Details"]
     for key, value in details.items():
         if isinstance(value, dict):
             lines += [f"- **{key}:**", *(f"  - {k}: {v}" for k, v in value.items())]

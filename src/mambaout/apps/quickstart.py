@@ -80,14 +80,14 @@ def run_quickstart(
         print(f"generating the shapes dataset in {data} ...", flush=True)
         write_dataset(data, train_per_class, val_per_class, size=size, test_per_class=test_per_class)
     options = quickstart_options(data_dir=str(data), output=str(out / "runs"), experiment="quickstart",
-                                 img_size=size, resume="auto", **changes)  # fmt: skip
+                                 img_size=size, resume="auto", **changes)
     print(f"\n$ mambaout train {data} -c {CONFIG} --output {out / 'runs'} --experiment quickstart --resume auto")
     result = train(TrainConfig(**options))
     checkpoint = result.output_dir / "best.pth"
 
     print(f"\n$ mambaout validate {data} --model {options['model']} --checkpoint {checkpoint}")
     validation = validate(data, options["model"], checkpoint=checkpoint, batch_size=64, workers=0,
-                          input_size=(size, size))  # fmt: skip
+                          input_size=(size, size))
     print(validation.format())
 
     images = sorted((data / "test").glob("*/*.png"))
@@ -96,4 +96,4 @@ def run_quickstart(
     predicted, _ = predict_files(model, images, topk=1, input_size=(size, size))
     predictions = [(p.path, Path(p.path).parent.name, p.top[0].label, p.top[0].probability) for p in predicted]
     return QuickstartReport(data, result.output_dir, checkpoint, validation, result.train_rate,
-                            predictions)  # fmt: skip
+                            predictions)

@@ -95,7 +95,7 @@ def read_annotations(path: str | os.PathLike) -> COCO:
         bad = [entry for entry in document[key] if not isinstance(entry, dict) or any(f not in entry for f in fields)]
         if bad:
             raise DatasetError(f"annotation file {str(path)!r}: {len(bad)} {key} entries lack one of "
-                               f"{', '.join(fields)}, e.g. {str(bad[0])[:200]}")  # fmt: skip
+                               f"{', '.join(fields)}, e.g. {str(bad[0])[:200]}")
     if not document["categories"]:
         raise DatasetError(f"annotation file {str(path)!r} lists no categories")
     coco = COCO()
@@ -173,7 +173,7 @@ class _CocoImages(CocoDetection):
         image = open_rgb(path)
         if image.size != (info["width"], info["height"]):
             raise ImageReadError(path, f"the image is {image.size[0]}x{image.size[1]} but the annotation file says "
-                                       f"{info['width']}x{info['height']}")  # fmt: skip
+                                       f"{info['width']}x{info['height']}")
         return image
 
 
@@ -196,7 +196,7 @@ class CocoInstances(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, split: str, training: bool, hflip: float = 0.5,
-                 with_targets: bool | None = None, category_ids: Sequence[int] | None = None) -> None:  # fmt: skip
+                 with_targets: bool | None = None, category_ids: Sequence[int] | None = None) -> None:
         self.root, self.split, self.training = Path(root), split, training
         self.annotation_file = annotation_file(root, split)
         self.coco = read_annotations(self.annotation_file)
@@ -205,7 +205,7 @@ class CocoInstances(torch.utils.data.Dataset):
         unknown = sorted(set(self.coco.cats) - set(self.category_ids))
         if unknown:
             raise DatasetError(f"{str(self.annotation_file)!r} has categories {unknown} that the model does not know "
-                               f"(it knows {self.category_ids})")  # fmt: skip
+                               f"(it knows {self.category_ids})")
         self.class_names = [self.coco.cats[c]["name"] if c in self.coco.cats else str(c) for c in self.category_ids]
         self._label_of = {category: label for label, category in enumerate(self.category_ids, start=1)}
         ids = sorted(self.coco.imgs)
@@ -234,7 +234,7 @@ class CocoInstances(torch.utils.data.Dataset):
             log.info("%s: %d crowd regions are not used in training", self.annotation_file, self.dropped[CROWD])
         if self.without_annotations:
             log.info("%s: %d images without annotations are not used in training", self.annotation_file,
-                     self.without_annotations)  # fmt: skip
+                     self.without_annotations)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -262,5 +262,5 @@ class CocoInstances(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return (f"CocoInstances({str(self.root)!r}, {self.split!r}, {len(self)} images, "
-                f"{len(self.category_ids)} categories)")  # fmt: skip
+                f"{len(self.category_ids)} categories)")
 

@@ -42,7 +42,7 @@ log = logging.getLogger("mambaout")
 NON_IMAGE_EXTENSIONS = frozenset({
     ".txt", ".md", ".rst", ".csv", ".tsv", ".json", ".jsonl", ".xml", ".yaml", ".yml", ".ini", ".cfg", ".log",
     ".db", ".pdf", ".html", ".htm", ".py", ".sh", ".zip", ".tar", ".gz", ".npy", ".npz", ".pkl", ".pth", ".mat",
-})  # fmt: skip
+})
 _IMAGE_EXTENSIONS = frozenset(IMG_EXTENSIONS)
 
 

@@ -66,14 +66,14 @@ OP_NAMES = (
     "Distort", "Zoom", "Blur", "Skew", "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeTpu", "Solarize",
     "SolarizeAdd", "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel",
     "TranslateYRel",
-)  # fmt: skip
+)
 # `w0`: the toolbox's only weight table (unnormalised)
 CHOICE_WEIGHTS_0 = {
     "Rotate": 0.3, "ShearX": 0.2, "ShearY": 0.2, "TranslateXRel": 0.1, "TranslateYRel": 0.1, "Color": 0.025,
     "Sharpness": 0.025, "AutoContrast": 0.025, "Solarize": 0.005, "SolarizeAdd": 0.005, "Contrast": 0.005,
     "Brightness": 0.005, "Equalize": 0.005, "PosterizeTpu": 0, "Invert": 0, "Distort": 0, "Zoom": 0, "Blur": 0,
     "Skew": 0,
-}  # fmt: skip
+}
 
 
 # --- magnitude -> op arguments (the magnitude is not clipped, as in the toolbox) -----------------------------------
@@ -227,7 +227,7 @@ OPS: dict[str, Callable[..., Image.Image]] = {
 
 
 def apply_op(name: str, img: Image.Image, magnitude: float, fill: tuple = TOOLBOX_FILL,
-             interpolation: int = Image.Resampling.BICUBIC) -> Image.Image:  # fmt: skip
+             interpolation: int = Image.Resampling.BICUBIC) -> Image.Image:
     """Op `name` at `magnitude` (draws its sign from `random` first, where it has one), as the toolbox applies it."""
     args = LEVEL_TO_ARGS[name](magnitude)
     try:
@@ -241,7 +241,7 @@ class LocalMambaOp:
     """One toolbox RandAugment op: p `prob`, then a gaussian-noised (unclipped) magnitude, then the op."""
 
     def __init__(self, name: str, magnitude: float, magnitude_std: float = 0.0, prob: float = 0.5,
-                 fill: tuple = TOOLBOX_FILL, interpolation: int = Image.Resampling.BICUBIC) -> None:  # fmt: skip
+                 fill: tuple = TOOLBOX_FILL, interpolation: int = Image.Resampling.BICUBIC) -> None:
         if name not in OPS:
             raise ValueError(f"{name!r} is not a LocalMamba RandAugment op (one of {', '.join(OP_NAMES)})")
         self.name, self.magnitude, self.magnitude_std, self.prob = name, magnitude, magnitude_std, prob
@@ -268,7 +268,7 @@ class LocalMambaRandAugment:
     def __call__(self, img: Image.Image) -> Image.Image:
         # drawing indices consumes numpy's RNG exactly as np.random.choice(ops, ...) does in the toolbox
         picks = np.random.choice(len(self.ops), self.num_layers, replace=self.choice_weights is None,
-                                 p=self.choice_weights)  # fmt: skip
+                                 p=self.choice_weights)
         for index in picks:
             img = self.ops[index](img)
         return img
@@ -341,7 +341,7 @@ def _check_counts(policy: str, parsed: LocalMambaPolicy) -> None:
     drawable = sum(1 for w in CHOICE_WEIGHTS_0.values() if w > 0) if parsed.weights == 0 else None
     if drawable is not None and parsed.num_layers > drawable:
         raise ValueError(f"LocalMamba policy {policy!r}: w0 draws without replacement from {drawable} ops, n is "
-                         f"{parsed.num_layers}")  # fmt: skip
+                         f"{parsed.num_layers}")
 
 
 def check_local_mamba_policy(policy: str) -> None:
@@ -358,7 +358,7 @@ def choice_weights(weights: int | None) -> np.ndarray | None:
 
 
 def local_mamba_rand_augment(policy: str = RECIPE_POLICY, fill: tuple = TOOLBOX_FILL,
-                             interpolation: str = "bicubic") -> LocalMambaRandAugment:  # fmt: skip
+                             interpolation: str = "bicubic") -> LocalMambaRandAugment:
     """The toolbox's RandAugment for a `localmamba-rand-...` policy."""
     parsed = parse_local_mamba_policy(policy)
     resample = _resample(interpolation)

@@ -63,7 +63,7 @@ ADE20K_CLASSES = (
     "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture",
     "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
     "bulletin board", "shower", "radiator", "glass", "clock", "flag",
-)  # fmt: skip
+)
 _IMAGE_EXTENSIONS = frozenset(IMG_EXTENSIONS)
 
 
@@ -117,7 +117,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, layout: SegmentationLayout, split: str, transform: Any = None,
-                 reduce_zero_label: bool | None = None) -> None:  # fmt: skip
+                 reduce_zero_label: bool | None = None) -> None:
         self.layout, self.split, self.transform = layout, split, transform
         self.class_names = layout.class_names
         self.reduce_zero_label = layout.reduce_zero_label if reduce_zero_label is None else reduce_zero_label
@@ -152,7 +152,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return Skipped(e.path, e.reason)
         if label.shape != (image.height, image.width):
             return Skipped(image_path, f"image is {image.width}x{image.height} but its label map is "
-                                       f"{label.shape[1]}x{label.shape[0]}")  # fmt: skip
+                                       f"{label.shape[1]}x{label.shape[0]}")
         if self.reduce_zero_label:
             label = label - 1  # uint8: 0 wraps to 255 (ignore), as mmseg's reduce_zero_label
             label[label == 254] = IGNORE_INDEX
@@ -160,7 +160,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if outside.size:
             shift = " (after reduce_zero_label)" if self.reduce_zero_label else ""
             return Skipped(label_path, f"label values {', '.join(map(str, outside[:8].tolist()))}{shift} outside "
-                                       f"the {len(self.class_names)} classes")  # fmt: skip
+                                       f"the {len(self.class_names)} classes")
         return image, label
 
     def __getitem__(self, index: int) -> Any:
@@ -248,7 +248,7 @@ def photometric_distortion(image: torch.Tensor) -> torch.Tensor:
 
 
 def _resize(image: tv_tensors.Image, mask: tv_tensors.Mask | None, width: int,
-            height: int) -> tuple[tv_tensors.Image, tv_tensors.Mask | None]:  # fmt: skip
+            height: int) -> tuple[tv_tensors.Image, tv_tensors.Mask | None]:
     size = [height, width]
     image = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=False)
     return image, None if mask is None else TF.resize(mask, size)  # masks: nearest neighbours

@@ -72,7 +72,7 @@ def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 
 
 def draw_scene(rng: np.random.Generator, width: int, height: int, crowd: bool = False
-               ) -> tuple[Image.Image, list[dict[str, Any]]]:  # fmt: skip
+               ) -> tuple[Image.Image, list[dict[str, Any]]]:
     """One image and its instances: dicts with category_id, mask (visible part), polygon (None if occluded), iscrowd."""
     full: list[np.ndarray] = []
     shapes: list[tuple[int, list[float]]] = []
@@ -117,7 +117,7 @@ def draw_scene(rng: np.random.Generator, width: int, height: int, crowd: bool = 
         pixels[whole] = (colour * _texture(rng, height, width)[..., None])[whole]
         occluded = bool((whole & ~visible).any())
         instances.append({"category_id": CATEGORIES[category][0], "mask": visible,
-                          "polygon": None if occluded else polygon, "iscrowd": int(polygon is None)})  # fmt: skip
+                          "polygon": None if occluded else polygon, "iscrowd": int(polygon is None)})
     pixels = np.clip(pixels + rng.normal(0, 0.03, size=pixels.shape), 0, 1)
     return Image.fromarray((pixels * 255).round().astype(np.uint8)), instances
 
@@ -155,7 +155,7 @@ def _annotation(instance: dict[str, Any], annotation_id: int, image_id: int) -> 
 def write_coco_dataset(
     out: str | os.PathLike, train_images: int = 64, val_images: int = 16, size: tuple[int, int] = (128, 96),
     seed: int = 0, crowd_every: int = 4,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write the dataset in COCO's format under `out` (`size` is width, height); the same seed gives the same files.
 
     Every `crowd_every`-th image (0: none) gets a crowd region besides its shapes.
@@ -182,6 +182,6 @@ def write_coco_dataset(
                     annotations.append(_annotation(instance, annotation_id, image_id))
                     annotation_id += 1
         document = {"info": {"description": "mambaout synthetic shapes", "seed": seed}, "images": images,
-                    "annotations": annotations, "categories": categories}  # fmt: skip
+                    "annotations": annotations, "categories": categories}
         (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(document), encoding="utf-8")
     return root

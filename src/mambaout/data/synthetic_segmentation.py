@@ -87,7 +87,7 @@ def draw_scene(rng: np.random.Generator, width: int, height: int) -> tuple[Image
             sides = int(rng.integers(3, 7))
             turn = rng.uniform(0, 2 * math.pi)
             points = [(cx + rx * math.cos(turn + 2 * math.pi * k / sides), cy + ry * math.sin(turn + 2 * math.pi * k /
-                       sides)) for k in range(sides)]  # fmt: skip
+                       sides)) for k in range(sides)]
             draw.polygon(points, fill=255, outline=128)
         region = np.asarray(shape)
         labels[region == 255] = rng.integers(len(CLASSES)) + 1
@@ -106,7 +106,7 @@ def draw_scene(rng: np.random.Generator, width: int, height: int) -> tuple[Image
 def write_segmentation_dataset(
     out: str | os.PathLike, train_images: int = 64, val_images: int = 16, size: tuple[int, int] = (96, 64),
     seed: int = 0,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write the dataset in ADE20K's layout (plus classes.txt) under `out`; the same seed gives the same files."""
     root = Path(out)
     rng = np.random.default_rng(seed)

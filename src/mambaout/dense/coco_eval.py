@@ -33,21 +33,21 @@ MASK_THRESHOLD = 0.5  # torchvision's and mmdetection's binarisation of the past
 
 
 def to_coco_results(output: dict[str, torch.Tensor], image_id: int,
-                    category_ids: Sequence[int]) -> tuple[list[dict], list[dict]]:  # fmt: skip
+                    category_ids: Sequence[int]) -> tuple[list[dict], list[dict]]:
     """One image's torchvision detections -> (bbox results, segm results) in COCO's submission format."""
     boxes = output["boxes"].detach().float().cpu()
     scores = output["scores"].detach().float().cpu().tolist()
     categories = [int(category_ids[label - 1]) for label in output["labels"].tolist()]
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
     bbox = [{"image_id": image_id, "category_id": c, "bbox": [round(v, 2) for v in b], "score": s}
-            for c, b, s in zip(categories, xywh, scores)]  # fmt: skip
+            for c, b, s in zip(categories, xywh, scores)]
     segm: list[dict] = []
     if "masks" in output and len(categories):
         binary = (output["masks"].detach()[:, 0] > MASK_THRESHOLD).cpu().numpy().astype(np.uint8)
         rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
         segm = [{"image_id": image_id, "category_id": c, "segmentation": {"size": r["size"],
                  "counts": r["counts"].decode("ascii")}, "score": s}
-                for c, r, s in zip(categories, rles, scores)]  # fmt: skip
+                for c, r, s in zip(categories, rles, scores)]
     return bbox, segm
 
 
@@ -69,7 +69,7 @@ def coco_metrics(coco_gt: COCO, results: dict[str, list[dict]], image_ids: Seque
 def _no_detections(coco_gt: COCO) -> COCO:
     empty = COCO()
     empty.dataset = {"images": list(coco_gt.dataset["images"]), "categories": list(coco_gt.dataset["categories"]),
-                     "annotations": []}  # fmt: skip
+                     "annotations": []}
     empty.createIndex()
     return empty
 
@@ -85,7 +85,7 @@ class DetectionEvaluation:
 @torch.no_grad()
 def predict_detections(model: nn.Module, loader: Any, category_ids: Sequence[int], device: torch.device,
                        amp_dtype: torch.dtype | None = None, progress: bool = False
-                       ) -> tuple[dict[str, list[dict]], list[int], list[Skipped]]:  # fmt: skip
+                       ) -> tuple[dict[str, list[dict]], list[int], list[Skipped]]:
     """This process's detections over `loader` (batches of uint8 images and image ids), its image ids, skips."""
     model.eval()
     results: dict[str, list[dict]] = {iou_type: [] for iou_type in IOU_TYPES}
@@ -108,7 +108,7 @@ def predict_detections(model: nn.Module, loader: Any, category_ids: Sequence[int
 
 def evaluate_detector(model: nn.Module, loader: Any, coco_gt: COCO, category_ids: Sequence[int],
                       env: distributed.Distributed, amp_dtype: torch.dtype | None = None,
-                      progress: bool = False) -> DetectionEvaluation:  # fmt: skip
+                      progress: bool = False) -> DetectionEvaluation:
     """COCO AP of `model` on the images of `loader` (every process calls this and gets the same numbers)."""
     local = predict_detections(model, loader, category_ids, env.device, amp_dtype, progress)
     gathered = distributed.all_gather_object(local)

@@ -43,7 +43,7 @@ def _colours(count: int) -> list[tuple[int, int, int]]:
 
 @torch.no_grad()
 def detect_image(model: nn.Module, image: Image.Image, class_names: Sequence[str], score_threshold: float,
-                 device: torch.device) -> tuple[list[Detection], Image.Image]:  # fmt: skip
+                 device: torch.device) -> tuple[list[Detection], Image.Image]:
     """The detections of one image above `score_threshold`, and the image with them drawn."""
     pixels = F.pil_to_tensor(image)
     output = model.eval()([pixels.to(device).float().div_(255)])[0]
@@ -53,7 +53,7 @@ def detect_image(model: nn.Module, image: Image.Image, class_names: Sequence[str
     masks = (output["masks"][keep][:, 0] > MASK_THRESHOLD).cpu()
     names = [class_names[label - 1] for label in labels.tolist()]
     detections = [Detection(name, round(float(s), 4), [round(float(v), 1) for v in b], int(m.sum()))
-                  for name, s, b, m in zip(names, scores, boxes, masks)]  # fmt: skip
+                  for name, s, b, m in zip(names, scores, boxes, masks)]
     palette = _colours(len(class_names))
     colours = [palette[label - 1] for label in labels.tolist()]
     drawn = pixels
@@ -66,7 +66,7 @@ def detect_image(model: nn.Module, image: Image.Image, class_names: Sequence[str
 
 def detect_files(model: nn.Module, paths: Sequence[str | os.PathLike], class_names: Sequence[str],
                  out: str | os.PathLike, score_threshold: float = 0.5, device: str | None = None
-                 ) -> tuple[list[ImageDetections], list[ImageReadError]]:  # fmt: skip
+                 ) -> tuple[list[ImageDetections], list[ImageReadError]]:
     """Detect in each file, write `<out>/<stem>_detections.png`; unreadable files are returned as errors."""
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(target)

@@ -92,7 +92,7 @@ def create_detector(
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     body = create_backbone(backbone_name, out_indices=(0, 1, 2, 3), pretrained=pretrained_backbone,
-                           checkpoint=backbone_checkpoint, drop_path_rate=drop_path_rate)  # fmt: skip
+                           checkpoint=backbone_checkpoint, drop_path_rate=drop_path_rate)
     cfg = body.pretrained_cfg
     classes = num_classes + 1  # torchvision counts the background
     roi = 7  # MaskRCNN's default box RoIAlign output size
@@ -115,7 +115,7 @@ def create_detector(
 
 
 def load_detector(path: str | os.PathLike, use_ema: bool = False,
-                  **maskrcnn_options: Any) -> tuple[MaskRCNNDetector, dict[str, Any]]:  # fmt: skip
+                  **maskrcnn_options: Any) -> tuple[MaskRCNNDetector, dict[str, Any]]:
     """The detector a `detect-train` checkpoint holds (on CPU, eval mode) and its metadata ('detector' key).
 
     The RPN and post-processing settings are the training run's (as its validation used them) unless overridden."""
@@ -123,13 +123,13 @@ def load_detector(path: str | os.PathLike, use_ema: bool = False,
     meta = state.get("detector")
     if state.get("task") != "DetectionTask" or not isinstance(meta, dict):
         raise CheckpointError(f"{os.fspath(path)!r} is a {state.get('task', 'non-detection')} checkpoint, not one "
-                              "`mambaout detect-train` wrote")  # fmt: skip
+                              "`mambaout detect-train` wrote")
     weights = state.get("model_ema") if use_ema else state["model"]
     if weights is None:
         raise CheckpointError(f"{os.fspath(path)!r} was trained without --model-ema: it has no EMA weights")
     long_side, short_side = meta["img_scale"]
     model = create_detector(meta["backbone"], len(meta["class_names"]), min_size=short_side, max_size=long_side,
-                            **meta["architecture"], **{**meta.get("inference", {}), **maskrcnn_options})  # fmt: skip
+                            **meta["architecture"], **{**meta.get("inference", {}), **maskrcnn_options})
     check_fits(model.state_dict(), weights, os.fspath(path))
     model.load_state_dict(weights)
     return model.eval(), meta

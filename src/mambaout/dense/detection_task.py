@@ -95,7 +95,7 @@ class DetectionConfig(DenseTrainConfig):
     def architecture(self) -> dict[str, int]:
         """What a checkpoint needs to rebuild the same detector."""
         return {"fpn_channels": self.fpn_channels, "box_head_dim": self.box_head_dim,
-                "mask_head_channels": self.mask_head_channels}  # fmt: skip
+                "mask_head_channels": self.mask_head_channels}
 
     def inference_options(self) -> dict[str, Any]:
         """torchvision MaskRCNN options that do not change the weights."""
@@ -115,13 +115,13 @@ def train_detector(config: DetectionConfig) -> FitResult:
 
 
 def multistep_warmup_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, lr_steps: list[int],
-                               decay: float, warmup_iters: int, warmup_ratio: float) -> Scheduler:  # fmt: skip
+                               decay: float, warmup_iters: int, warmup_ratio: float) -> Scheduler:
     """mmcv's step policy by epoch with linear warmup by iteration, as timm's scheduler stepped per update."""
     lr = optimizer.param_groups[0]["lr"]
     # timm applies milestone m from update m - 1 on; the lr of update t must drop once t reaches epoch * steps
     decay_t = [epoch * steps_per_epoch + 1 for epoch in lr_steps]
     return MultiStepLRScheduler(optimizer, decay_t=decay_t, decay_rate=decay, warmup_t=warmup_iters,
-                                warmup_lr_init=lr * warmup_ratio, warmup_prefix=False, t_in_epochs=False)  # fmt: skip
+                                warmup_lr_init=lr * warmup_ratio, warmup_prefix=False, t_in_epochs=False)
 
 
 class DetectionTask(Task):
@@ -166,7 +166,7 @@ class DetectionTask(Task):
         return total, {name.removeprefix("loss_"): value.item() for name, value in losses.items()}
 
     def evaluate(self, model: nn.Module, loader: Any, env: distributed.Distributed, amp_dtype: torch.dtype | None,
-                 progress: bool) -> dict[str, float]:  # fmt: skip
+                 progress: bool) -> dict[str, float]:
         from .coco_eval import evaluate_detector
 
         result = evaluate_detector(model, loader, self.val_set.coco, self.category_ids, env, amp_dtype, progress)
@@ -179,7 +179,7 @@ class DetectionTask(Task):
     def schedule(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> tuple[Scheduler, int]:
         config = self.config
         scheduler = multistep_warmup_scheduler(optimizer, steps_per_epoch, list(config.lr_steps), config.lr_decay,
-                                               config.warmup_iters, config.warmup_ratio)  # fmt: skip
+                                               config.warmup_iters, config.warmup_ratio)
         return scheduler, config.epochs
 
     def experiment_name(self) -> str:
@@ -195,11 +195,11 @@ class DetectionTask(Task):
             "img_scale": list(config.img_scale),
             "architecture": config.architecture(),
             "inference": config.inference_options(),
-        }}  # fmt: skip
+        }}
 
     def describe(self, parts: TaskParts) -> str:
         return (f"Mask R-CNN on {self.config.backbone}: {len(parts.train_set)} training images, "
-                f"{len(self.class_names)} classes")  # fmt: skip
+                f"{len(self.class_names)} classes")
 
 
 def collate_train(samples: list) -> Batch:
@@ -227,11 +227,11 @@ class EvaluationReport:
         m = self.evaluation.metrics
         lines = [f"{kind:>4}: AP {m[f'{kind}_mAP']:.3f}  AP50 {m[f'{kind}_mAP_50']:.3f}  AP75 {m[f'{kind}_mAP_75']:.3f}"
                  f"  APs {m[f'{kind}_mAP_s']:.3f}  APm {m[f'{kind}_mAP_m']:.3f}  APl {m[f'{kind}_mAP_l']:.3f}"
-                 for kind in ("bbox", "segm")]  # fmt: skip
+                 for kind in ("bbox", "segm")]
         skipped = self.evaluation.skipped
         lines.append(f"({self.evaluation.images} images of {self.split}"
                      + (f"; {len(skipped)} unreadable skipped: " + ", ".join(s.path for s in skipped[:5]) if skipped
-                        else "") + ")")  # fmt: skip
+                        else "") + ")")
         if self.files:
             lines.append("results: " + ", ".join(str(p) for p in self.files))
         return "\n".join(lines)
@@ -260,10 +260,10 @@ def evaluate_checkpoint(
     env = distributed.setup(device)
     try:
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_eval,
-                            sampler=distributed.ShardSampler(len(dataset), env.rank, env.world_size))  # fmt: skip
+                            sampler=distributed.ShardSampler(len(dataset), env.rank, env.world_size))
         progress = env.is_main and sys.stderr.isatty()
         evaluation = evaluate_detector(model.to(env.device), loader, dataset.coco, meta["category_ids"], env,
-                                       PRECISIONS[amp] if amp else None, progress)  # fmt: skip
+                                       PRECISIONS[amp] if amp else None, progress)
         files: list[Path] = []
         if out is not None and env.is_main:
             folder = Path(out)

@@ -58,11 +58,11 @@ class InferenceSettings:
         object.__setattr__(self, "stride", height_width(self.stride))
         if not all(0 < step <= side for step, side in zip(self.stride, self.crop_size)):
             raise ValueError(f"the window stride {self.stride} must be in 1..the window size {self.crop_size} "
-                             "(H and W)")  # fmt: skip
+                             "(H and W)")
 
 
 def slide_logits(model: nn.Module, image: torch.Tensor, crop_size: Size, stride: Size,
-                 window_batch: int = 4) -> torch.Tensor:  # fmt: skip
+                 window_batch: int = 4) -> torch.Tensor:
     """mmseg's slide_inference: (1, 3, H, W) -> (1, classes, H, W) logits averaged over the overlapping windows
     (window and stride: one number, or (H, W))."""
     height, width = image.shape[-2:]
@@ -153,12 +153,12 @@ def load_segmenter(path: str | os.PathLike, use_ema: bool = False) -> tuple[Segm
     meta = state.get("segmenter")
     if state.get("task") != "SegmentationTask" or not isinstance(meta, dict):
         raise CheckpointError(f"{os.fspath(path)!r} is a {state.get('task', 'non-segmentation')} checkpoint, not one "
-                              "`mambaout segment-train` wrote")  # fmt: skip
+                              "`mambaout segment-train` wrote")
     weights = state.get("model_ema") if use_ema else state["model"]
     if weights is None:
         raise CheckpointError(f"{os.fspath(path)!r} was trained without --model-ema: it has no EMA weights")
     model = create_segmenter(meta["backbone"], len(meta["class_names"]), channels=meta["channels"],
-                             aux_channels=meta["aux_channels"])  # fmt: skip
+                             aux_channels=meta["aux_channels"])
     check_fits(model.state_dict(), weights, os.fspath(path))
     model.load_state_dict(weights)
     return model.eval(), meta

@@ -50,7 +50,7 @@ class SegmentationConfig(DenseTrainConfig):
     eval_metrics: ClassVar[tuple[str, ...]] = ("mIoU", "mAcc", "aAcc")
 
     data_dir: str = option("", "dataset root: ADE20K's layout (images/, annotations/) or the generic one "
-                               "(classes.txt, <split>/images, <split>/labels)")  # fmt: skip
+                               "(classes.txt, <split>/images, <split>/labels)")
     train_split: str | None = option(None, "training split (default: training for ADE20K, train for generic)")
     val_split: str | None = option(None, "validation split (default: validation / val; '' to skip validation)")
     reduce_zero_label: bool | None = option(
@@ -72,16 +72,16 @@ class SegmentationConfig(DenseTrainConfig):
     epochs: int = option(1, "not used: the run is --iterations long, in blocks of --iters-per-epoch")
     # data
     img_scale: list[int] = option((2048, 512), "training/test scale (long, short side) before the random ratio",
-                                  nargs=2)  # fmt: skip
+                                  nargs=2)
     ratio_range: list[float] = option((0.5, 2.0), "random resize ratio range of --img-scale", nargs=2)
     crop_size: int | list[int] = option(512, "training crop (and sliding-window) size: one number (a square) or H W "
-                                        "(mmseg's crop_size)", image_size=True)  # fmt: skip
+                                        "(mmseg's crop_size)", image_size=True)
     cat_max_ratio: float = option(0.75, "largest share of one class in a training crop (10 redraws)")
     flip_prob: float = option(0.5, "horizontal flip probability")
     photometric: bool = option(True, "mmseg's PhotoMetricDistortion (brightness, contrast, saturation, hue)")
     eval_mode: str = option("whole", "validation inference: whole or slide")
     eval_stride: int | list[int] | None = option(None, "sliding-window stride: one number or H W (default: 2/3 of "
-                                                 "--crop-size, mmseg's 341 for 512)", image_size=True)  # fmt: skip
+                                                 "--crop-size, mmseg's 341 for 512)", image_size=True)
     # recipe values of the shared options
     batch_size: int = option(16, "batch per process (global batch = batch-size x grad-accum-steps x processes)")
     val_batch_size: int | None = option(1, "validation images per loader batch (each is segmented on its own)")
@@ -122,7 +122,7 @@ class PolyWarmupScheduler(Scheduler):
     + min, multiplied during the first `warmup_t` updates by 1 - (1 - t / warmup_t)(1 - warmup_ratio)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, t_total: int, power: float = 1.0, lr_min: float = 0.0,
-                 warmup_t: int = 0, warmup_ratio: float = 1e-6) -> None:  # fmt: skip
+                 warmup_t: int = 0, warmup_ratio: float = 1e-6) -> None:
         super().__init__(optimizer, param_group_field="lr", t_in_epochs=False)
         self.t_total, self.power, self.lr_min = t_total, power, lr_min
         self.warmup_t, self.warmup_ratio = warmup_t, warmup_ratio
@@ -134,7 +134,7 @@ class PolyWarmupScheduler(Scheduler):
         if t < self.warmup_t:
             factor = 1 - (1 - t / self.warmup_t) * (1 - self.warmup_ratio)
         return [((base - self.lr_min) * (1 - progress) ** self.power + self.lr_min) * factor
-                for base in self.base_values]  # fmt: skip
+                for base in self.base_values]
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -151,7 +151,7 @@ class SegmentationTask(Task):
         train_split = config.train_split or layout.train_split
         val_split = layout.val_split if config.val_split is None else config.val_split
         transform = TrainTransform(tuple(config.img_scale), tuple(config.ratio_range), config.crop_size,
-                                   config.cat_max_ratio, config.flip_prob, config.photometric)  # fmt: skip
+                                   config.cat_max_ratio, config.flip_prob, config.photometric)
         train_set = SegmentationDataset(layout, train_split, transform, config.reduce_zero_label)
         val_set = None
         if val_split:
@@ -171,7 +171,7 @@ class SegmentationTask(Task):
         if env.enabled:  # the heads' BatchNorm normalizes over the global batch, as with one process
             model = convert_sync_batchnorm(model, env.device)
         self.settings = InferenceSettings(config.eval_mode, tuple(config.img_scale), crop_size=config.crop_size,
-                                          stride=config.eval_stride)  # fmt: skip
+                                          stride=config.eval_stride)
         skipped = list(train_set.skipped) + (list(val_set.skipped) if val_set is not None else [])
         self.val_scan_skipped = len(val_set.skipped) if val_set is not None else 0
         return TaskParts(model, train_set, val_set, collate_train, skipped, collate_eval)
@@ -190,9 +190,9 @@ class SegmentationTask(Task):
         return decode + self.config.aux_weight * aux, {"decode": decode.item(), "aux": aux.item()}
 
     def evaluate(self, model: nn.Module, loader: Any, env: distributed.Distributed, amp_dtype: torch.dtype | None,
-                 progress: bool) -> dict[str, float]:  # fmt: skip
+                 progress: bool) -> dict[str, float]:
         metrics, skipped = evaluate_segmentation(model, loader, len(self.class_names), self.settings, env.device,
-                                                 amp_dtype, progress, self.class_names)  # fmt: skip
+                                                 amp_dtype, progress, self.class_names)
         return {f"val_{k}": v for k, v in metrics.summary().items()} | {"val_skipped": skipped + self.val_scan_skipped}
 
     @property
@@ -202,7 +202,7 @@ class SegmentationTask(Task):
     def schedule(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> tuple[Scheduler, int]:
         config = self.config
         scheduler = PolyWarmupScheduler(optimizer, config.iterations, config.poly_power, config.min_lr,
-                                        config.warmup_iters, config.warmup_ratio)  # fmt: skip
+                                        config.warmup_iters, config.warmup_ratio)
         return scheduler, math.ceil(config.iterations / steps_per_epoch)
 
     def experiment_name(self) -> str:
@@ -219,11 +219,11 @@ class SegmentationTask(Task):
             "crop_size": config.crop_size,
             "stride": config.eval_stride,
             "reduce_zero_label": self.reduce_zero_label,
-        }}  # fmt: skip
+        }}
 
     def describe(self, parts: TaskParts) -> str:
         return (f"UperNet on {self.config.backbone}: {len(parts.train_set)} training images, "
-                f"{len(self.class_names)} classes")  # fmt: skip
+                f"{len(self.class_names)} classes")
 
 
 def collate_train(samples: list) -> Batch:
@@ -278,18 +278,18 @@ def evaluate_checkpoint(
     layout = find_layout(data_dir)
     if list(layout.class_names) != list(meta["class_names"]):
         raise ConfigError(f"{os.fspath(checkpoint)!r} was trained on {len(meta['class_names'])} classes that differ "
-                          f"from the {len(layout.class_names)} of {os.fspath(data_dir)!r}")  # fmt: skip
+                          f"from the {len(layout.class_names)} of {os.fspath(data_dir)!r}")
     dataset = SegmentationDataset(layout, split or layout.val_split, EvalTransform(), meta["reduce_zero_label"])
     settings = InferenceSettings(mode, tuple(meta["img_scale"]), MULTI_SCALE_RATIOS if multi_scale else (1.0,), flip,
-                                 meta["crop_size"], meta["stride"])  # fmt: skip
+                                 meta["crop_size"], meta["stride"])
     env = distributed.setup(device)
     try:
         loader = DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=collate_eval,
-                            sampler=distributed.ShardSampler(len(dataset), env.rank, env.world_size))  # fmt: skip
+                            sampler=distributed.ShardSampler(len(dataset), env.rank, env.world_size))
         metrics, skipped = evaluate_segmentation(
             model.to(env.device), loader, len(layout.class_names), settings, env.device,
             PRECISIONS[amp] if amp else None, env.is_main and sys.stderr.isatty(), layout.class_names,
-        )  # fmt: skip
+        )
     finally:
         distributed.teardown()
     return EvaluationReport(metrics, len(dataset) - skipped, skipped + len(dataset.skipped), settings, env.is_main)

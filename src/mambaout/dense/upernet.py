@@ -59,7 +59,7 @@ class UperHead(DecodeHead):
     """mmseg's UPerHead: maps at strides 4/8/16/32 -> class logits at stride 4."""
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, channels: int = 512,
-                 pool_scales: Sequence[int] = POOL_SCALES, dropout: float = 0.1) -> None:  # fmt: skip
+                 pool_scales: Sequence[int] = POOL_SCALES, dropout: float = 0.1) -> None:
         super().__init__()
         last = in_channels[-1]
         self.psp_modules = nn.ModuleList(
@@ -90,7 +90,7 @@ class FCNHead(DecodeHead):
     """mmseg's FCNHead as UperNet's auxiliary head: one 3x3 ConvModule (concat_input=False), then cls_seg."""
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 256, in_index: int = 2,
-                 dropout: float = 0.1) -> None:  # fmt: skip
+                 dropout: float = 0.1) -> None:
         super().__init__()
         self.in_index = in_index
         self.convs = nn.Sequential(ConvModule(in_channels, channels, 3, padding=1))
@@ -105,7 +105,7 @@ class Segmenter(nn.Module):
     the input. `forward(images)` gives (N, classes, H, W) logits; `with_aux=True` also gives the auxiliary ones."""
 
     def __init__(self, backbone: DenseBackbone, num_classes: int, channels: int = 512, aux_channels: int = 256,
-                 aux_index: int = 2, dropout: float = 0.1) -> None:  # fmt: skip
+                 aux_index: int = 2, dropout: float = 0.1) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
@@ -164,7 +164,7 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, nn.BatchNorm2d) and not isinstance(module, CPUSyncBatchNorm):
         synced = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                  module.track_running_stats)  # fmt: skip
+                                  module.track_running_stats)
         synced.load_state_dict(module.state_dict())
         synced.train(module.training)
         return synced
@@ -186,5 +186,5 @@ def create_segmenter(
 ) -> Segmenter:
     """UperNet on a registered backbone; `pretrained`/`checkpoint` are classification weights for the backbone."""
     backbone = create_backbone(backbone_name, out_indices=(0, 1, 2, 3), pretrained=pretrained, checkpoint=checkpoint,
-                               drop_path_rate=drop_path_rate, **overrides)  # fmt: skip
+                               drop_path_rate=drop_path_rate, **overrides)
     return Segmenter(backbone, num_classes, channels, aux_channels, dropout=dropout)

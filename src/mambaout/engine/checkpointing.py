@@ -103,7 +103,7 @@ class CheckpointKeeper:
             yield
         except OSError as e:
             raise CheckpointWriteError(e.errno, write_failure(self.directory, e, state_bytes(state)),
-                                       str(self.directory)) from e  # fmt: skip
+                                       str(self.directory)) from e
 
 
 def state_bytes(state: Any) -> int:
@@ -143,7 +143,7 @@ def check_writable(directory: Path) -> None:
         raise CheckpointWriteError(
             e.errno, f"the output folder {directory} is not writable ({reason}): choose another --output, or make "
             "it writable", str(directory)
-        ) from e  # fmt: skip
+        ) from e
 
 
 def epoch_files(directory: Path) -> list[tuple[int, Path]]:

@@ -25,7 +25,6 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from ..errors import MambaoutError
-from ..models.mambaout import split_projections as split_gated_projections
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISION_CHOICES = ("auto", *PRECISIONS)
@@ -312,6 +311,13 @@ def _compile(model: nn.Module) -> Callable[[Tensor], Tensor]:
     return run
 
 
+def _split_projections(model: nn.Module) -> int:
+    """Let every module that offers `split_projections()` (MambaOut: fc1 as its gate / identity / conv row blocks)
+    split them; the number of blocks split."""
+    offering = [m for m in model.modules() if callable(getattr(m, "split_projections", None))]
+    return sum(m.split_projections() for m in offering)
+
+
 def prepare_for_inference(
     model: nn.Module,
     device: str | torch.device = "cpu",
@@ -367,7 +373,7 @@ def prepare_for_inference(
     if split:
         # after folding, on its copy: splitting fc1's rows is exact whether or not the norm is folded into them
         model = model if copied else copy.deepcopy(model)
-        split_blocks = split_gated_projections(model)
+        split_blocks = _split_projections(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     compiled = _compile(model) if compile else None

@@ -86,7 +86,7 @@ class TrainStep:
 
     @classmethod
     def create(cls, config: Any, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-               train_model: nn.Module | None = None) -> TrainStep:  # fmt: skip
+               train_model: nn.Module | None = None) -> TrainStep:
         amp = training_precision(config.amp, device)
         scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
         ema = ModelEmaV3(model, decay=config.model_ema_decay) if config.model_ema_decay else None
@@ -144,7 +144,7 @@ class EpochProgress:
 
     def state(self) -> dict[str, Any]:
         return dict(steps=self.steps, sums=dict(self.sums), count=self.count, drawn=self.drawn,
-                    transform_failures=self.transform_failures, seconds=self.seconds)  # fmt: skip
+                    transform_failures=self.transform_failures, seconds=self.seconds)
 
 
 class StopSignals:
@@ -243,7 +243,7 @@ def _fit(task: Task, env: distributed.Distributed) -> FitResult:
         if start_step:
             if not same_processes:
                 raise ConfigError(f"{resume_path} was written within an epoch by {len(rng)} processes: resume it "
-                                  f"with {len(rng)} processes (or from an epoch's checkpoint-<epoch>.pth)")  # fmt: skip
+                                  f"with {len(rng)} processes (or from an epoch's checkpoint-<epoch>.pth)")
             resumed_progress = EpochProgress(**state["epoch_progress"][env.rank])
         if env.is_main:
             where = f"epoch {start_epoch}, step {start_step}" if start_step else f"epoch {state['epoch']} done"
@@ -271,7 +271,7 @@ def _fit(task: Task, env: distributed.Distributed) -> FitResult:
             "output %s",
             task.describe(parts), env.world_size, config.batch_size, config.grad_accum_steps,
             config.actual_global_batch(env.world_size), lr, total_epochs, steps_per_epoch, out,
-        )  # fmt: skip
+        )
         for line in config.notes(env.world_size):
             log.info("%s", line)
         if amp != config.amp:
@@ -316,7 +316,7 @@ def _fit(task: Task, env: distributed.Distributed) -> FitResult:
             progress = resumed_progress if first_step else EpochProgress()
             stopped, written = _train_one_epoch(task, step, scheduler, epoch, env, train_loader, steps_per_epoch,
                                                 progress, skip_log, run_log, stop,
-                                                lambda p, e=epoch: save(e - 1, p))  # fmt: skip
+                                                lambda p, e=epoch: save(e - 1, p))
             if stopped:
                 _stop_after(stop.received, written, epoch, progress.steps, env)
             losses, units, seconds = _epoch_totals(progress, env)
@@ -337,7 +337,7 @@ def _fit(task: Task, env: distributed.Distributed) -> FitResult:
                         metric = ema_metrics[task.metric.key]
             scheduler.step(epoch + 1, metric)
             row.update({f"train_{task.unit}_per_second": units / seconds, "train_skipped": len(skip_log),
-                        "seconds": seconds})  # fmt: skip
+                        "seconds": seconds})
 
             is_best = metric is not None and task.metric.better(metric, best["metric"])
             if is_best:
@@ -355,7 +355,7 @@ def _fit(task: Task, env: distributed.Distributed) -> FitResult:
                 log.info(
                     "epoch %d: train loss %.4f, %s%.1f %s/s%s", epoch, losses["loss"], shown, units / seconds,
                     task.unit, f"; {skip_log.summary()}" if len(skip_log) else "",
-                )  # fmt: skip
+                )
             if epoch + 1 < total_epochs and stop.requested(env):
                 _stop_after(stop.received, written, epoch + 1, 0, env)
     if run_log is not None:
@@ -373,13 +373,13 @@ def _fit(task: Task, env: distributed.Distributed) -> FitResult:
 
 
 def _stop_after(signum: int | None, checkpoint: Path | None, epoch: int, steps: int,
-                env: distributed.Distributed) -> None:  # fmt: skip
+                env: distributed.Distributed) -> None:
     """End the run on a stop signal, once its checkpoint is written: a clear line, a signal's exit status."""
     signum = signum or signal.SIGTERM  # another process received it
     name = signal.Signals(signum).name
     where = f"epoch {epoch}, step {steps}" if steps else f"the start of epoch {epoch}"
     message = (f"stopped by {name} at {where}; checkpoint {checkpoint} written: continue with the same command and "
-               "--resume auto")  # fmt: skip
+               "--resume auto")
     if env.is_main:
         log.warning("%s", message)
     raise TrainingInterrupted(message, signum)
@@ -389,7 +389,7 @@ def _train_one_epoch(
     task: Task, step: TrainStep, scheduler: Any, epoch: int, env: distributed.Distributed, loader: DataLoader,
     steps_per_epoch: int, progress: EpochProgress, skip_log: SkipLog, run_log: RunLog | None, stop: StopSignals,
     checkpoint: Callable[[EpochProgress], Path | None],
-) -> tuple[bool, Path | None]:  # fmt: skip
+) -> tuple[bool, Path | None]:
     """The optimizer steps of `epoch` from `progress.steps` on, added to `progress`. Returns whether a stop signal
     ended it (after the current step and a checkpoint: the caller ends the run) and that checkpoint."""
     config, optimizer = task.config, step.optimizer
@@ -399,7 +399,7 @@ def _train_one_epoch(
     sums = progress.sums
     started = time.perf_counter()
     bar = tqdm(total=steps_per_epoch, initial=progress.steps, desc=f"epoch {epoch}", disable=not _tty(env),
-               leave=False)  # fmt: skip
+               leave=False)
     with _batches(loader) as batches:
         for index in range(progress.steps, steps_per_epoch):
             for micro in range(accum):
@@ -441,7 +441,7 @@ def _train_one_epoch(
                 run_log.scalar("train/lr", _mean_lr(optimizer), update)
                 if not _tty(env):
                     log.info("epoch %d step %d/%d: loss %.4f lr %.3e", epoch, index + 1, steps_per_epoch,
-                             sums["loss"] / count, _mean_lr(optimizer))  # fmt: skip
+                             sums["loss"] / count, _mean_lr(optimizer))
             stopping = stop.requested(env)
             due = config.checkpoint_interval and update % config.checkpoint_interval == 0
             if stopping or (due and progress.steps < steps_per_epoch):
@@ -489,7 +489,7 @@ def _handed_over(iterator: Any) -> Any:
             return
         except (ConnectionError, EOFError) as e:
             raise RuntimeError(f"DataLoader worker {_dead_worker(iterator)} while handing over a batch "
-                               f"({type(e).__name__}: {e})") from e  # fmt: skip
+                               f"({type(e).__name__}: {e})") from e
         yield batch
 
 
@@ -531,7 +531,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _check_transform_failures(skip_log: SkipLog, failures: int, drawn: int, config: Any,
-                              env: distributed.Distributed) -> None:  # fmt: skip
+                              env: distributed.Distributed) -> None:
     """A transform that raises now and then is skipped and listed; one that raises often stops the run."""
     too_many = failures > 20 and failures > config.transform_failure_limit * drawn
     if distributed.any_process(too_many, env.device):
@@ -547,14 +547,14 @@ def _check_transform_failures(skip_log: SkipLog, failures: int, drawn: int, conf
 def _loaders(task: Task, parts: TaskParts, env: distributed.Distributed) -> tuple[DataLoader, DataLoader | None]:
     config = task.config
     common = dict(num_workers=config.workers, collate_fn=parts.collate_fn, pin_memory=config.pin_mem,
-                  persistent_workers=False)  # fmt: skip
+                  persistent_workers=False)
     # the loader's own generator: creating an epoch's iterator leaves the global random states (saved in
     # checkpoints) alone, so a mid-epoch resume continues them exactly
     train_loader = DataLoader(
         TrainingSamples(parts.train_set, config.seed, env.rank), batch_size=config.batch_size,
         sampler=EpochStream(task.train_sampler(parts.train_set, env)), drop_last=True,
         generator=torch.Generator().manual_seed(config.seed), worker_init_fn=ignore_stop_signals, **common,
-    )  # fmt: skip
+    )
     val_loader = None
     if parts.val_set is not None:
         val_loader = DataLoader(

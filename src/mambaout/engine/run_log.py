@@ -80,7 +80,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     columns = list(dict.fromkeys(key for r in rows for key in r))
     losses = [(key, key.replace("_", " ")) for key in columns if key.endswith("loss")]
     scores = [(key, key.replace("_", " ")) for key in columns
-              if key.startswith(("val_", "ema_val_")) and not key.endswith(("loss", "skipped"))]  # fmt: skip
+              if key.startswith(("val_", "ema_val_")) and not key.endswith(("loss", "skipped"))]
     panels = [("loss", losses), ("validation", scores), ("learning rate", [("lr", "lr")])]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, (title, keys) in zip(axes, panels):

@@ -16,7 +16,7 @@ class StaircaseWarmupCosine(CosineLRScheduler):
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, epochs: int, warmup_epochs: int, steps_per_epoch: int,
-                 lr_min: float, warmup_lr_init: float) -> None:  # fmt: skip
+                 lr_min: float, warmup_lr_init: float) -> None:
         self.steps_per_epoch, self.warmup_updates = steps_per_epoch, warmup_epochs * steps_per_epoch
         super().__init__(
             optimizer,

@@ -85,7 +85,7 @@ class Task(ABC):
 
     @abstractmethod
     def evaluate(self, model: nn.Module, loader: Any, env: Distributed, amp_dtype: torch.dtype | None,
-                 progress: bool) -> dict[str, float]:  # fmt: skip
+                 progress: bool) -> dict[str, float]:
         """Validation metrics reduced over all processes, keys prefixed 'val_' (every process returns them)."""
 
     @property
@@ -154,7 +154,7 @@ class IterationSampler(Sampler[int]):
     """
 
     def __init__(self, dataset_length: int, samples_per_epoch: int, seed: int, rank: int = 0,
-                 world_size: int = 1) -> None:  # fmt: skip
+                 world_size: int = 1) -> None:
         if dataset_length == 0:
             raise ValueError("the dataset is empty")
         self.length, self.per_epoch, self.seed = dataset_length, samples_per_epoch, seed

@@ -85,7 +85,7 @@ class ClassificationTask(Task):
         return self.loss_fn(model(batch.inputs), batch.targets), {}
 
     def evaluate(self, model: nn.Module, loader: Any, env: distributed.Distributed, amp_dtype: torch.dtype | None,
-                 progress: bool) -> dict[str, float]:  # fmt: skip
+                 progress: bool) -> dict[str, float]:
         result = evaluate(model, loader, env.device, amp_dtype=amp_dtype, progress=progress, desc="val")
         return {
             "val_loss": result.loss,

@@ -187,7 +187,7 @@ class TrainConfig(EngineConfig):
     train_split: str = option("train", "training split folder")
     val_split: str = option("val", "validation split folder ('' to skip validation)")
     img_size: int | list[int] | None = option(None, "training and validation input size: one number (a square) or "
-                                              "H W (default: the model's)", image_size=True)  # fmt: skip
+                                              "H W (default: the model's)", image_size=True)
     num_classes: int | None = option(None, "classifier size (default: the number of class folders)")
     # the schedule and the optimizer
     epochs: int | None = from_recipe("epochs of the schedule, a prefix warmup included (cooldown epochs come after)")

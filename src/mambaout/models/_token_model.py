@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 # "token": the class token's final state. "avg": the mean of the patch tokens (the class token excluded).
 # "": no pooling, every token goes through the head (timm's ViT does the same).
 GLOBAL_POOLS = ("token", "avg", "")
+PATCH_POOLS = ("avg", "")  # a model without a class token
 OUTPUT_FMTS = ("NCHW", "NLC")
 
 # (table, new grid, old grid) -> the table on the new grid, its class-token rows kept where the model puts them
@@ -168,3 +169,35 @@ class TokenModel(nn.Module):
             self.head_drop = nn.Identity()
             self.num_classes = 0
         return take
+
+
+class GridTokenModel(TokenModel):
+    """A TokenModel whose blocks take the patch grid (`GridBlock`), and which may have no class token at all
+    (num_prefix_tokens 0: the tokens are the patches, "avg" pools all of them). Shared by LocalVim and PlainMamba."""
+
+    def _grid_embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        raise NotImplementedError
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        x, grid = self._grid_embed(x)
+        # blocks read the grid of the current input (the official mixers read it from a module attribute too)
+        self._grid = grid
+        return x, grid
+
+    def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return super().patch_tokens(x) if self.num_prefix_tokens else x
+
+    def _before_block(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        return x
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        x = self._before_block(x, self._grid)
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, self._grid, use_reentrant=False)
+        return block(x, self._grid)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, _ = self._embed(x)
+        for block in self.blocks:
+            x = self._run_block(block, x)
+        return self.norm(x)

@@ -7,7 +7,7 @@ sequence reversed). `scan_indices` turns a direction into (order, inverse) index
 
 Two models reuse the families LocalMamba builds on:
 - LocalVim: Vim's blocks (RMSNorm, float32 residual, `vim.Block`) with a mixer that runs 4 searched directions, each
-  with its own conv1d / x_proj / dt_proj / A / D (Vim's `mamba_direction` arithmetic, all directions in one grouped
+  with its own conv1d / x_proj / dt_proj / A / D (the arithmetic of `mamba_direction`, all directions in one grouped
   call of each op), gates each with a shared `BiAttn` and sums them (not averages) before out_proj. RoPE rotates
   the stream before every block (the official code rotates hidden states and residual, which is the same since the
   rotation is linear); no class token, mean pool. The middle-class-token variant has no RoPE; its class token sits
@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from timm.layers import PatchEmbed, calculate_drop_path_rates, lecun_normal_, trunc_normal_
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..checkpoints.layouts import convert_vim
 from ..checkpoints.local_mamba_layout import convert_local_vmamba
@@ -41,8 +40,11 @@ from ..ops.selective_scan import selective_scan
 from ..recipes import DenseSettings, Fallback
 from ..recipes.local_mamba import DENSE, RECIPES
 from ..registry import ModelSpec, Published, pretrained_cfg, register_model
-from ._token_model import GLOBAL_POOLS, PositionTables, TokenModel
-from .vim import Block, RMSNorm, _at_least_fp32, cls_token_index, resample_mid_cls_pos_embed
+from ._mamba_layers import at_least_fp32, init_dt_projection_, init_s4d_real_
+from ._pooling import check_global_pool
+from ._positions import middle_token_index, resample_grid, resample_mid_cls_pos_embed
+from ._token_model import GLOBAL_POOLS, PATCH_POOLS, GridTokenModel, PositionTables
+from .vim import Block, RMSNorm
 from .vmamba import VMAMBA_V0, VMamba
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -284,14 +286,9 @@ class MultiScanMamba(nn.Module):
         """Mamba's init per direction (S4D-real A, D = 1, log-uniform dt), out_proj scaled by 1/sqrt(depth)."""
         for i in range(len(self.directions)):
             _, _, dt_proj, A_log, D = self.direction(i)
-            A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand_as(A_log))
+            init_s4d_real_(A_log)
             D.fill_(1.0)
-            std = self.dt_rank**-0.5
-            nn.init.uniform_(dt_proj.weight, -std, std)
-            dt = torch.exp(
-                torch.rand_like(dt_proj.bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-            ).clamp(min=dt_init_floor)
-            dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            init_dt_projection_(dt_proj.weight, dt_proj.bias, dt_min, dt_max, dt_init_floor)
         nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
         self.out_proj.weight /= math.sqrt(num_layers)
 
@@ -301,7 +298,7 @@ class MultiScanMamba(nn.Module):
 
     def forward(self, hidden: Tensor, grid: tuple[int, int]) -> Tensor:
         tokens = hidden.shape[1]
-        cls_index = cls_token_index(tokens - 1) if self.mid_cls_token else None
+        cls_index = middle_token_index(tokens - 1) if self.mid_cls_token else None
         orders, inverses = grouped_scan_indices(self.directions, *grid, cls_index, hidden.device)
         # (B, 2 d_inner, T + 1): token T is the zero that padding steps read
         xz = F.pad(self.in_proj(hidden).transpose(1, 2), (0, 1))
@@ -313,13 +310,13 @@ class MultiScanMamba(nn.Module):
         return [getattr(self, f"{name}_{i}") for i in range(len(self.directions))]
 
     def _scan(self, x: Tensor, z: Tensor) -> Tensor:
-        """`vim.mamba_direction` of every direction at once on (B, K d_inner, L): one depthwise causal conv, one
+        """`mamba_direction` of every direction at once on (B, K d_inner, L): one depthwise causal conv, one
         batched x_proj and dt_proj, one grouped selective scan (direction k is group k of B and C). The stacked weights
         are built from the per-direction parameters on every call, so gradients and load_state_dict reach them."""
         conv = self.conv1d_0
         weight = torch.cat([c.weight for c in self._stacked("conv1d")])
         bias = torch.cat([c.bias for c in self._stacked("conv1d")])
-        # padding kernel - 1 on both sides and keeping the first L outputs: `vim.causal_conv1d`
+        # padding kernel - 1 on both sides and keeping the first L outputs: `_mamba_layers.causal_conv1d`
         x = F.conv1d(x, weight, bias, conv.stride, conv.padding, conv.dilation, groups=weight.shape[0])
         x = F.silu(x[..., : z.shape[-1]])
         batch, length = x.shape[0], x.shape[-1]
@@ -327,17 +324,17 @@ class MultiScanMamba(nn.Module):
         dt, B, C = torch.matmul(x_proj, x.view(batch, len(self.directions), self.d_inner, length)).split(
             [self.dt_rank, self.d_state, self.d_state], dim=2
         )
-        # dt_proj's bias goes into the scan as delta_bias (softplus(dt + bias)), as in `vim.mamba_direction`
+        # dt_proj's bias goes into the scan as delta_bias (softplus(dt + bias)), as in `_mamba_layers.mamba_direction`
         dt = torch.matmul(torch.stack([p.weight for p in self._stacked("dt_proj")]), dt)
         return selective_scan(
             x,
             dt.flatten(1, 2),
-            -torch.exp(_at_least_fp32(torch.cat(self._stacked("A_log")))),
+            -torch.exp(at_least_fp32(torch.cat(self._stacked("A_log")))),
             B.contiguous(),
             C.contiguous(),
-            _at_least_fp32(torch.cat(self._stacked("D"))),
+            at_least_fp32(torch.cat(self._stacked("D"))),
             z,
-            delta_bias=_at_least_fp32(torch.cat([p.bias for p in self._stacked("dt_proj")])),
+            delta_bias=at_least_fp32(torch.cat([p.bias for p in self._stacked("dt_proj")])),
             delta_softplus=True,
         )
 
@@ -350,18 +347,6 @@ class GridBlock(Block):
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         return x + self.drop_path(self.mixer(self.norm(x), grid))
-
-
-def resample_grid(table: Tensor, new_size: tuple[int, int], old_size: tuple[int, int]) -> Tensor:
-    """A (..., H*W, C) per-token table on its grid, resized bicubically (align_corners=False, as the official
-    LocalVim / PlainMamba resizes with mmseg's / mmcls's `resize`)."""
-    new_size, old_size = tuple(new_size), tuple(old_size)
-    if new_size == old_size:
-        return table
-    lead = table.shape[:-2]
-    grid = table.reshape(-1, *old_size, table.shape[-1]).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=new_size, mode="bicubic", align_corners=False)
-    return grid.permute(0, 2, 3, 1).reshape(*lead, new_size[0] * new_size[1], table.shape[-1])
 
 
 def rotate_pairs(x: Tensor) -> Tensor:
@@ -400,43 +385,8 @@ class VisionRope(nn.Module):
         return x * cos + rotate_pairs(x) * sin
 
 
-class GridTokenModel(TokenModel):
-    """A TokenModel whose blocks take the patch grid (`GridBlock`), and which may have no class token at all
-    (num_prefix_tokens 0: the tokens are the patches, "avg" pools all of them). Shared by LocalVim and PlainMamba."""
-
-    def _grid_embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        raise NotImplementedError
-
-    def _embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        x, grid = self._grid_embed(x)
-        # blocks read the grid of the current input (the official mixers read it from a module attribute too)
-        self._grid = grid
-        return x, grid
-
-    def patch_tokens(self, x: Tensor) -> Tensor:
-        return super().patch_tokens(x) if self.num_prefix_tokens else x
-
-    def _before_block(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        return x
-
-    def _run_block(self, block: nn.Module, x: Tensor) -> Tensor:
-        x = self._before_block(x, self._grid)
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, x, self._grid, use_reentrant=False)
-        return block(x, self._grid)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        x, _ = self._embed(x)
-        for block in self.blocks:
-            x = self._run_block(block, x)
-        return self.norm(x)
-
-
-def check_global_pool(global_pool: str, has_cls_token: bool) -> str:
-    choices = GLOBAL_POOLS if has_cls_token else tuple(p for p in GLOBAL_POOLS if p != "token")
-    if global_pool not in choices:
-        raise ValueError(f"unknown global_pool {global_pool!r}; choose from {choices}")
-    return global_pool
+def _pools(has_cls_token: bool) -> tuple[str, ...]:
+    return GLOBAL_POOLS if has_cls_token else PATCH_POOLS
 
 
 class LocalVisionMamba(GridTokenModel):
@@ -468,7 +418,7 @@ class LocalVisionMamba(GridTokenModel):
         self.num_prefix_tokens = int(mid_cls_token)
         if global_pool is None:  # the official read-out: the middle class token, else the mean of the tokens
             global_pool = "token" if mid_cls_token else "avg"
-        self.global_pool = check_global_pool(global_pool, mid_cls_token)
+        self.global_pool = check_global_pool(global_pool, _pools(mid_cls_token))
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.patch_size = patch_size
@@ -530,11 +480,11 @@ class LocalVisionMamba(GridTokenModel):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
-            self.global_pool = check_global_pool(global_pool, bool(self.num_prefix_tokens))
+            self.global_pool = check_global_pool(global_pool, _pools(bool(self.num_prefix_tokens)))
         self._new_head(num_classes)
 
     def cls_token_index(self, num_patches: int) -> int:
-        return cls_token_index(num_patches)
+        return middle_token_index(num_patches)
 
     def _position_tables(self) -> PositionTables:
         # hunto/LocalMamba Backbone_LocalVisionMamba.load_pretrained: pos_embed and the RoPE tables resized with
@@ -553,12 +503,12 @@ class LocalVisionMamba(GridTokenModel):
         grid = (x.shape[1], x.shape[2])
         x = x.flatten(1, 2)
         if self.num_prefix_tokens:
-            index = cls_token_index(x.shape[1])
+            index = middle_token_index(x.shape[1])
             x = torch.cat((x[:, :index], self.cls_token.expand(x.shape[0], -1, -1), x[:, index:]), dim=1)
             pos_embed = resample_mid_cls_pos_embed(self.pos_embed, grid, self.grid_size, antialias=False)
         else:
             pos_embed = resample_grid(self.pos_embed, grid, self.grid_size)
-        return _at_least_fp32(self.pos_drop(x + pos_embed)), grid
+        return at_least_fp32(self.pos_drop(x + pos_embed)), grid
 
     def _before_block(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         return x if self.rope is None else self.rope(x, grid)
@@ -739,7 +689,7 @@ def _register_all() -> None:
         converter = convert_vim if family == "local_vim" else convert_local_vmamba  # LocalVim is laid out as Vim
         register_model(ModelSpec(name=name, family=family, builder=builder, pretrained_cfg=cfg,
                                  recipe=RECIPES.get(name) or FALLBACKS[name], published=published,
-                                 converter=converter, dense=DENSE.get(name, DenseSettings())))  # fmt: skip
+                                 converter=converter, dense=DENSE.get(name, DenseSettings())))
 
 
 _register_all()

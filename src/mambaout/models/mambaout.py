@@ -21,6 +21,7 @@ from ..ops.gated_conv import gated_depthwise
 from ..recipes import DenseSettings, Fallback
 from ..recipes.mambaout import DENSE, RECIPES
 from ..registry import ModelSpec, Published, hub_weights, pretrained_cfg, register_model
+from ._pooling import check_global_pool
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "silu": nn.SiLU}
 _ACTIVATION_NAMES = {layer: name for name, layer in ACTIVATIONS.items()}
@@ -35,12 +36,6 @@ def _nchw(x: torch.Tensor) -> torch.Tensor:
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1)
-
-
-def check_global_pool(global_pool: str) -> str:
-    if global_pool not in GLOBAL_POOLS:
-        raise ValueError(f"unknown global_pool {global_pool!r}; choose from {GLOBAL_POOLS}")
-    return global_pool
 
 
 def _activation(name: str) -> type[nn.Module]:
@@ -125,7 +120,7 @@ class GatedCNNBlock(nn.Module):
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """act(gate) * concat(identity, dwconv(conv)) of fc1(x): the block between its norm and fc2."""
         if (self.fused_training and self.activation is not None and torch.is_grad_enabled()
-                and not torch.compiler.is_compiling()):  # fmt: skip
+                and not torch.compiler.is_compiling()):
             # eager training: fewer copies in the backward, and on CPU a weight gradient of the depthwise conv that
             # is several times faster than aten's (benchmarks/training_cpu.py)
             return gated_depthwise(self.fc1(x), self.conv.weight, self.conv.bias, self.split_sizes, self.activation)
@@ -188,17 +183,6 @@ def _rows_of(linear: nn.Linear, rows: slice) -> nn.Linear:
     return part.train(linear.training)
 
 
-def split_projections(model: nn.Module) -> int:
-    """Swap every GatedCNNBlock in `model` for its SplitProjectionBlock, in place; return how many were swapped."""
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is GatedCNNBlock:
-                setattr(parent, name, SplitProjectionBlock(child))
-                swapped += 1
-    return swapped
-
-
 class MambaOutStage(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, depth: int, downsample: str | None, **block_kwargs):
         super().__init__()
@@ -234,7 +218,7 @@ class MlpHead(nn.Module):
         global_pool: str = "avg",
     ):
         super().__init__()
-        self.global_pool = check_global_pool(global_pool)
+        self.global_pool = check_global_pool(global_pool, GLOBAL_POOLS)
         hidden = int(mlp_ratio * in_dim)
         self.norm = LayerNorm(in_dim)
         layers = [("fc", nn.Linear(in_dim, hidden)), ("act", nn.GELU())]
@@ -327,6 +311,17 @@ class MambaOut(nn.Module):
         return set()
 
     @torch.jit.ignore
+    def split_projections(self) -> int:
+        """Swap every GatedCNNBlock for its SplitProjectionBlock, in place (an exact simplification for inference,
+        which `prepare_for_inference` applies to any module offering this method); return how many were swapped."""
+        swapped = 0
+        for parent in list(self.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is GatedCNNBlock:
+                    setattr(parent, name, SplitProjectionBlock(child))
+                    swapped += 1
+        return swapped
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.stages:
             stage.grad_checkpointing = enable
@@ -337,7 +332,7 @@ class MambaOut(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
-            self.head.global_pool = check_global_pool(global_pool)
+            self.head.global_pool = check_global_pool(global_pool, GLOBAL_POOLS)
         self.num_classes = num_classes
         if num_classes > 0:
             self.head.fc = nn.Linear(self.head.num_features, num_classes, device=self.head.norm.weight.device)
@@ -456,14 +451,14 @@ VARIANTS: dict[str, tuple[dict, Published, dict]] = {
 
 # Models without an official recipe of their own: the official configuration nearest to them
 _RW_WHY = ("timm's {} was trained with timm's own recipe, never published as a config; it trains with the "
-           "official MambaOut recipe of its size")  # fmt: skip
+           "official MambaOut recipe of its size")
 FALLBACKS = {
     "mambaout_small_rw": Fallback("mambaout_small", _RW_WHY.format("mambaout_small_rw")),
     **{name: Fallback("mambaout_base", _RW_WHY.format(name))
        for name in ("mambaout_base_short_rw", "mambaout_base_tall_rw", "mambaout_base_wide_rw",
                     "mambaout_base_plus_rw")},
     "mambaout_test": Fallback("mambaout_femto", "a test variant: the smallest official MambaOut's recipe"),
-}  # fmt: skip
+}
 _RW_DENSE = "issue 12's recipe: timm's _rw variants as the official model of their size"
 DENSE_RW = {"mambaout_small_rw": DenseSettings(0.4, _RW_DENSE),
             **{name: DenseSettings(0.6, _RW_DENSE) for name in FALLBACKS if name.startswith("mambaout_base_")}}

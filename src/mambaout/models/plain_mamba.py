@@ -32,9 +32,10 @@ from ..ops.selective_scan import selective_scan
 from ..recipes import DenseSettings, Fallback
 from ..recipes.plain_mamba import DENSE, RECIPES
 from ..registry import ModelSpec, Published, hub_weights, pretrained_cfg, register_model
-from ._token_model import PositionTables
-from .local_mamba import GridTokenModel, check_global_pool, resample_grid
-from .vim import _at_least_fp32
+from ._mamba_layers import at_least_fp32, init_dt_projection_
+from ._pooling import check_global_pool
+from ._positions import resample_grid
+from ._token_model import PATCH_POOLS, GridTokenModel, PositionTables
 
 NUM_SNAKES = 4
 # direction embedding rows: the move that reached a scan step
@@ -109,12 +110,7 @@ class PlainMamba2D(nn.Module):
             trunc_normal_(linear.weight, std=0.02)
             if linear.bias is not None:
                 nn.init.zeros_(linear.bias)
-        std = self.dt_rank**-0.5
-        nn.init.uniform_(self.dt_proj.weight, -std, std)
-        dt = torch.exp(
-            torch.rand_like(self.dt_proj.bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        ).clamp(min=dt_init_floor)
-        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        init_dt_projection_(self.dt_proj.weight, self.dt_proj.bias, dt_min, dt_max, dt_init_floor)
 
     def forward(self, hidden: Tensor, grid: tuple[int, int]) -> Tensor:
         batch, length, _ = hidden.shape
@@ -131,11 +127,11 @@ class PlainMamba2D(nn.Module):
         ys = selective_scan(
             us,
             dt.repeat(1, NUM_SNAKES, 1),
-            (-torch.exp(_at_least_fp32(self.A_log))).repeat(NUM_SNAKES, 1),
+            (-torch.exp(at_least_fp32(self.A_log))).repeat(NUM_SNAKES, 1),
             Bs.contiguous(),
             Cs.contiguous(),
-            _at_least_fp32(self.D).repeat(NUM_SNAKES),
-            delta_bias=_at_least_fp32(self.dt_proj.bias).repeat(NUM_SNAKES),
+            at_least_fp32(self.D).repeat(NUM_SNAKES),
+            delta_bias=at_least_fp32(self.dt_proj.bias).repeat(NUM_SNAKES),
             delta_softplus=True,
         ).view(batch, NUM_SNAKES, self.d_inner, length)
         y = sum(ys[:, k][..., inverses[k]] for k in range(NUM_SNAKES)).to(z.dtype)  # back to raster order, summed
@@ -209,7 +205,7 @@ class PlainMamba(GridTokenModel):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        self.global_pool = check_global_pool(global_pool, has_cls_token=False)
+        self.global_pool = check_global_pool(global_pool, PATCH_POOLS)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.num_features = self.head_hidden_size = embed_dim
@@ -244,7 +240,7 @@ class PlainMamba(GridTokenModel):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
-            self.global_pool = check_global_pool(global_pool, has_cls_token=False)
+            self.global_pool = check_global_pool(global_pool, PATCH_POOLS)
         self._new_head(num_classes)
 
     def _position_tables(self) -> PositionTables:

@@ -27,7 +27,6 @@ from timm.layers import (
     PatchEmbed,
     calculate_drop_path_rates,
     lecun_normal_,
-    resample_abs_pos_embed,
     to_2tuple,
     trunc_normal_,
 )
@@ -35,87 +34,13 @@ from torch import nn
 
 from ..checkpoints.layouts import convert_vim
 from ..errors import check_patch_multiple
-from ..ops.selective_scan import selective_scan
 from ..recipes import DenseSettings, Fallback
 from ..recipes.vim import DENSE, RECIPES
 from ..registry import ModelSpec, Published, hub_weights, pretrained_cfg, register_model
+from ._mamba_layers import at_least_fp32, init_dt_projection_, init_s4d_real_, mamba_direction
+from ._pooling import check_global_pool
+from ._positions import middle_token_index, resample_mid_cls_pos_embed
 from ._token_model import GLOBAL_POOLS, PositionTables, TokenModel
-
-
-def cls_token_index(num_patches: int) -> int:
-    """Where the class token sits in a sequence of `num_patches` patch tokens plus the class token."""
-    return num_patches // 2
-
-
-def resample_mid_cls_pos_embed(
-    pos_embed: torch.Tensor,
-    new_size: tuple[int, int],
-    old_size: tuple[int, int],
-    interpolation: str = "bicubic",
-    antialias: bool = True,
-) -> torch.Tensor:
-    """Resample a (1, 1 + H*W, C) position embedding whose class-token row sits in the middle (not at row 0).
-
-    The class row is taken out of position old H*W // 2, the patch rows are resampled on their grid (timm's
-    `resample_abs_pos_embed`), and the class row is put back at new H*W // 2, unchanged.
-    """
-    new_size, old_size = tuple(new_size), tuple(old_size)
-    if new_size == old_size:
-        return pos_embed
-    old_index = cls_token_index(old_size[0] * old_size[1])
-    cls_row = pos_embed[:, old_index : old_index + 1]
-    patches = torch.cat((pos_embed[:, :old_index], pos_embed[:, old_index + 1 :]), dim=1)
-    patches = resample_abs_pos_embed(
-        patches,
-        new_size=new_size,
-        old_size=old_size,
-        num_prefix_tokens=0,
-        interpolation=interpolation,
-        antialias=antialias,
-    )
-    new_index = cls_token_index(new_size[0] * new_size[1])
-    return torch.cat((patches[:, :new_index], cls_row, patches[:, new_index:]), dim=1)
-
-
-def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    """float32 for half/bfloat16 (mamba_ssm keeps A, D and the dt bias in float32); float64 stays float64."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
-def causal_conv1d(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """Depthwise causal conv over (B, C, L): `conv` pads kernel - 1 on both sides; keeping the first L outputs makes
-    output t depend on inputs t - kernel + 1 .. t only (what causal_conv1d_fn computes)."""
-    return conv(x)[..., : x.shape[-1]]
-
-
-def mamba_direction(
-    x: torch.Tensor,
-    z: torch.Tensor | None,
-    conv: nn.Conv1d,
-    x_proj: nn.Linear,
-    dt_proj: nn.Linear,
-    A_log: torch.Tensor,
-    D: torch.Tensor,
-) -> torch.Tensor:
-    """One scan direction of a Mamba mixer on (B, d_inner, L): causal conv + SiLU, input-dependent dt/B/C, the
-    selective scan with its D skip, gated by SiLU(z) (mamba_inner_fn without its output projection)."""
-    dt_rank = dt_proj.in_features
-    d_state = (x_proj.out_features - dt_rank) // 2
-    x = F.silu(causal_conv1d(x, conv))
-    dt, B, C = x_proj(x.transpose(1, 2)).split([dt_rank, d_state, d_state], dim=-1)
-    # dt_proj's bias goes into the scan as delta_bias (softplus(dt + bias)), as mamba_inner_fn passes it
-    dt = F.linear(dt, dt_proj.weight).transpose(1, 2)
-    return selective_scan(
-        x,
-        dt,
-        -torch.exp(_at_least_fp32(A_log)),
-        B.transpose(1, 2),
-        C.transpose(1, 2),
-        _at_least_fp32(D),
-        z,
-        delta_bias=_at_least_fp32(dt_proj.bias),
-        delta_softplus=True,
-    )
 
 
 class RMSNorm(nn.Module):
@@ -127,7 +52,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.rms_norm(_at_least_fp32(x), (x.shape[-1],), _at_least_fp32(self.weight), self.eps)
+        out = F.rms_norm(at_least_fp32(x), (x.shape[-1],), at_least_fp32(self.weight), self.eps)
         return out.to(self.weight.dtype)
 
 
@@ -180,16 +105,10 @@ class BiMambaMixer(nn.Module):
         """Mamba's init: S4D-real A = -(1..N), D = 1, dt ~ log-uniform(dt_min, dt_max) through an inverse softplus in
         dt_proj's bias; Vim's GPT-2 style rescale of out_proj by 1/sqrt(depth). Other layers keep PyTorch's init."""
         dt_min, dt_max, dt_init_floor, dt_scale = self._dt_init
-        a_log = torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device))
         for A_log, D, dt_proj in ((self.A_log, self.D, self.dt_proj), (self.A_b_log, self.D_b, self.dt_proj_b)):
-            A_log.copy_(a_log.expand_as(A_log))
+            init_s4d_real_(A_log)
             D.fill_(1.0)
-            std = self.dt_rank**-0.5 * dt_scale
-            nn.init.uniform_(dt_proj.weight, -std, std)
-            dt = torch.exp(
-                torch.rand_like(dt_proj.bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-            ).clamp(min=dt_init_floor)
-            dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(bias) == dt
+            init_dt_projection_(dt_proj.weight, dt_proj.bias, dt_min, dt_max, dt_init_floor, dt_scale)
         nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
         self.out_proj.weight /= math.sqrt(self._num_layers)
 
@@ -240,8 +159,7 @@ class VisionMamba(TokenModel):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        if global_pool not in GLOBAL_POOLS:
-            raise ValueError(f"unknown global_pool {global_pool!r}; choose from {GLOBAL_POOLS}")
+        check_global_pool(global_pool, GLOBAL_POOLS)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
@@ -296,16 +214,14 @@ class VisionMamba(TokenModel):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
-            if global_pool not in GLOBAL_POOLS:
-                raise ValueError(f"unknown global_pool {global_pool!r}; choose from {GLOBAL_POOLS}")
-            self.global_pool = global_pool
+            self.global_pool = check_global_pool(global_pool, GLOBAL_POOLS)
         self._new_head(num_classes)
 
     def cls_token_index(self, num_patches: int) -> int:
         # The official read-out is this middle token: despite "final_pool_mean" in the model names,
         # VisionMamba.forward_features returns hidden_states[:, M // 2] whenever if_cls_token and
         # use_middle_cls_token are set, before its final_pool_type branch is reached.
-        return cls_token_index(num_patches)
+        return middle_token_index(num_patches)
 
     def _position_tables(self) -> PositionTables:
         # hustvl/Vim vim/main.py --finetune resamples pos_embed with F.interpolate(mode="bicubic",
@@ -318,10 +234,10 @@ class VisionMamba(TokenModel):
         x = self.patch_embed(x)
         grid = (x.shape[1], x.shape[2])
         x = x.flatten(1, 2)
-        index = cls_token_index(x.shape[1])
+        index = middle_token_index(x.shape[1])
         x = torch.cat((x[:, :index], self.cls_token.expand(x.shape[0], -1, -1), x[:, index:]), dim=1)
         pos_embed = resample_mid_cls_pos_embed(self.pos_embed, new_size=grid, old_size=self.grid_size)
-        return _at_least_fp32(self.pos_drop(x + pos_embed)), grid
+        return at_least_fp32(self.pos_drop(x + pos_embed)), grid
 
 
 _README = "hustvl/Vim README.md, Model Weights table (#param. rounded to 1M; no FLOPs published)"

@@ -20,6 +20,7 @@ from ..errors import check_patch_multiple
 from ..recipes import DenseSettings, Fallback
 from ..recipes.deit import DENSE, RECIPES
 from ..registry import ModelSpec, Published, pretrained_cfg, register_model
+from ._pooling import check_global_pool
 from ._token_model import GLOBAL_POOLS, PositionTables, TokenModel
 
 
@@ -114,8 +115,7 @@ class VisionTransformer(TokenModel):
         # one checkpoint serves both modes: they differ only in the attention mask and this read-out.
         if global_pool is None:
             global_pool = "avg" if causal else "token"
-        if global_pool not in GLOBAL_POOLS:
-            raise ValueError(f"unknown global_pool {global_pool!r}; choose from {GLOBAL_POOLS}")
+        check_global_pool(global_pool, GLOBAL_POOLS)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
@@ -178,8 +178,7 @@ class VisionTransformer(TokenModel):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
-            if global_pool not in GLOBAL_POOLS:
-                raise ValueError(f"unknown global_pool {global_pool!r}; choose from {GLOBAL_POOLS}")
+            check_global_pool(global_pool, GLOBAL_POOLS)
             self.global_pool = global_pool
         self.num_classes = num_classes
         if num_classes > 0:

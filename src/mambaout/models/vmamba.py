@@ -31,6 +31,8 @@ from ..ops.selective_scan import selective_scan
 from ..recipes import DenseSettings, Fallback
 from ..recipes.vmamba import DENSE, RECIPES
 from ..registry import ModelSpec, Published, pretrained_cfg, register_model
+from ._mamba_layers import at_least_fp32, init_dt_projection_, init_s4d_real_
+from ._pooling import check_global_pool
 
 NUM_DIRECTIONS = 4
 
@@ -265,11 +267,6 @@ VMAMBA_V2V = replace(VMAMBA_V2, ssm_ratio=1.0)
 # SS2D and the VSS block
 
 
-def _at_least_fp32(t: Tensor) -> Tensor:
-    """The SSM parameters enter the scan in float32 (float64 stays float64), as the official code keeps them."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
 class SS2D(nn.Module):
     """2D selective scan: four scan directions, each a group of B/C with its own dt projection, A and D.
 
@@ -324,14 +321,8 @@ class SS2D(nn.Module):
         """Mamba's initialisation, per direction (as the official `initialize='v0'`)."""
         bound = inner**-0.5  # nn.Linear's default for the x projection
         nn.init.uniform_(self.x_proj_weight, -bound, bound)
-        dt_bound = self.dt_rank**-0.5
-        nn.init.uniform_(self.dt_proj_weight, -dt_bound, dt_bound)
-        dt = torch.exp(
-            torch.rand_like(self.dt_proj_bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        ).clamp(min=dt_init_floor)
-        self.dt_proj_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        states = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
-        self.A_log.copy_(torch.log(states).expand_as(self.A_log))
+        init_dt_projection_(self.dt_proj_weight, self.dt_proj_bias, dt_min, dt_max, dt_init_floor)
+        init_s4d_real_(self.A_log)
         self.D.fill_(1.0)
 
     def scan(self, x: Tensor) -> Tensor:
@@ -345,11 +336,11 @@ class SS2D(nn.Module):
         ys = selective_scan(
             xs.reshape(batch, -1, length),
             dts.reshape(batch, -1, length),
-            -torch.exp(_at_least_fp32(self.A_log)),
+            -torch.exp(at_least_fp32(self.A_log)),
             Bs.contiguous(),
             Cs.contiguous(),
-            _at_least_fp32(self.D),
-            delta_bias=_at_least_fp32(self.dt_proj_bias).reshape(-1),
+            at_least_fp32(self.D),
+            delta_bias=at_least_fp32(self.dt_proj_bias).reshape(-1),
             delta_softplus=True,
         )
         ys = ys.view(batch, self.multi_scan.num_directions, inner, length)
@@ -432,18 +423,12 @@ class VMambaStage(nn.Module):
 GLOBAL_POOLS = ("avg", "")
 
 
-def check_global_pool(global_pool: str) -> str:
-    if global_pool not in GLOBAL_POOLS:
-        raise ValueError(f"unknown global_pool {global_pool!r}; choose from {GLOBAL_POOLS}")
-    return global_pool
-
-
 class ClassifierHead(nn.Module):
     """LayerNorm -> global average pool -> Linear, on NHWC features."""
 
     def __init__(self, dim: int, num_classes: int, global_pool: str = "avg"):
         super().__init__()
-        self.global_pool = check_global_pool(global_pool)
+        self.global_pool = check_global_pool(global_pool, GLOBAL_POOLS)
         self.norm = nn.LayerNorm(dim)
         self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -552,7 +537,7 @@ class VMamba(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
-            self.head.global_pool = check_global_pool(global_pool)
+            self.head.global_pool = check_global_pool(global_pool, GLOBAL_POOLS)
         self.num_classes = num_classes
         if num_classes > 0:
             self.head.fc = nn.Linear(self.num_features, num_classes, device=self.head.norm.weight.device)

@@ -40,7 +40,7 @@ def _conv_backward(grad: Tensor, x: Tensor, weight: Tensor, mask: list[bool]) ->
     return torch.ops.aten.convolution_backward(
         grad.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2), weight, None,
         [1, 1], [kernel // 2] * 2, [1, 1], False, [0, 0], weight.shape[0], [*mask, False],
-    )  # fmt: skip
+    )
 
 
 class _GatedDepthwise(torch.autograd.Function):
@@ -55,7 +55,7 @@ class _GatedDepthwise(torch.autograd.Function):
         gate = _activate(h[..., :hidden], activation)
         out = torch.empty_like(gate)
         torch.mul(gate[..., :identity_channels], h[..., hidden : hidden + identity_channels],
-                  out=out[..., :identity_channels])  # fmt: skip
+                  out=out[..., :identity_channels])
         torch.mul(gate[..., identity_channels:], conv, out=out[..., identity_channels:])
         # what autograd would keep for these ops (h, the activated gate, the conv output), minus the concatenation
         ctx.save_for_backward(h, conv_weight, gate, conv)
@@ -78,7 +78,7 @@ class _GatedDepthwise(torch.autograd.Function):
         torch.mul(grad_out[..., identity_channels:], conv, out=grad_gate[..., identity_channels:])
         _activation_backward(grad_gate, h[..., :hidden], ctx.activation, out=grad_h[..., :hidden])
         torch.mul(grad_out[..., :identity_channels], gate[..., :identity_channels],
-                  out=grad_h[..., hidden : hidden + identity_channels])  # fmt: skip
+                  out=grad_h[..., hidden : hidden + identity_channels])
         grad_conv = grad_out[..., identity_channels:] * gate[..., identity_channels:]
 
         grad_weight = grad_bias = None

@@ -13,7 +13,7 @@ from . import TABLE_COLUMNS, Recipe, get_recipe, list_recipes
 
 _HEADERS = {"epochs": "epochs", "global_batch_size": "batch", "lr": "lr", "weight_decay": "wd",
             "drop_path": "drop path", "model_ema_decay": "EMA", "clip_grad": "clip", "aug_repeats": "rep. aug",
-            "amp": "AMP"}  # fmt: skip
+            "amp": "AMP"}
 
 
 def table_rows(pattern: str = "*") -> list[dict[str, Any]]:
@@ -69,7 +69,7 @@ def resolve(name: str) -> tuple[Recipe, str]:
 def as_json(item: Recipe) -> str:
     """One JSON object: `train` option names, `global_batch_size`, `recipe`, `sources` (and `differences`)."""
     return json.dumps({**item.to_options(), "sources": dict(item.sources), "differences": list(item.differences)},
-                      indent=2)  # fmt: skip
+                      indent=2)
 
 
 def as_yaml(item: Recipe, note: str = "") -> str:
@@ -78,7 +78,7 @@ def as_yaml(item: Recipe, note: str = "") -> str:
     if note:
         lines.append(f"# {note}")
     lines.append("# values at the official global batch; train scales lr (and, where the recipe says so, warmup_lr "
-                 "and min_lr) to yours")  # fmt: skip
+                 "and min_lr) to yours")
     for difference in item.differences:
         lines.append(f"# differs from the official code: {difference}")
     lines.append(f"recipe: {item.name}")

@@ -63,7 +63,7 @@ class StudyConfig:
             models=preset.models, recipe=preset.recipe, seeds=preset.seeds, epochs=preset.epochs,
             img_size=preset.img_size, comparisons=preset.comparisons, preset=preset.name,
             generated_data=preset.generated_data,
-        )  # fmt: skip
+        )
         options = {**preset.options, **given.pop("options", {})}
         if given.get("models"):  # models of the user's choice: the preset's pairs no longer apply
             settings["comparisons"] = None
@@ -166,7 +166,7 @@ def make_runs(config: StudyConfig) -> list[Run]:
                 data_dir=str(config.data_dir), model=model, seed=config.first_seed + k, img_size=config.img_size,
                 recipe=None if config.recipe == OWN else config.recipe, output=str(config.runs_dir),
                 experiment=f"{model}-seed{config.first_seed + k}", resume="auto",
-            )  # fmt: skip
+            )
             runs.append(Run(len(runs), model, config.first_seed + k, options))
     return runs
 
@@ -203,11 +203,11 @@ def _check_data(data_dir: str, train_config: TrainConfig) -> list[str]:
     classes = find_classes(data_dir, train_config.train_split)
     if len(classes) < 2:
         raise DatasetError(f"{data_dir}/{train_config.train_split} holds {len(classes)} class folder: a "
-                           "classification study needs at least two classes")  # fmt: skip
+                           "classification study needs at least two classes")
     val_classes = find_classes(data_dir, train_config.val_split)
     if set(val_classes) - set(classes):
         raise DatasetError(f"classes in {train_config.val_split}/ but not in {train_config.train_split}/: "
-                           f"{', '.join(sorted(set(val_classes) - set(classes))[:5])}")  # fmt: skip
+                           f"{', '.join(sorted(set(val_classes) - set(classes))[:5])}")
     return classes
 
 

@@ -21,7 +21,7 @@ def _title(meta: dict[str, Any]) -> str:
 
 
 def plot_top1_against(models: Sequence[dict[str, Any]], key: str, xlabel: str, path: Path,
-                      meta: dict[str, Any]) -> Path:  # fmt: skip
+                      meta: dict[str, Any]) -> Path:
     """Mean top-1 per model (error bar: the standard deviation over seeds) against `key`, one colour per family."""
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
@@ -29,10 +29,10 @@ def plot_top1_against(models: Sequence[dict[str, Any]], key: str, xlabel: str, p
     for family in dict.fromkeys(row["family"] for row in shown):
         mine = [row for row in shown if row["family"] == family]
         ax.errorbar([r[key] for r in mine], [r["top1"] for r in mine], yerr=[r["top1_std"] or 0 for r in mine],
-                    fmt="o", capsize=3, label=family)  # fmt: skip
+                    fmt="o", capsize=3, label=family)
     for row in shown:
         ax.annotate(row["model"], (row[key], row["top1"]), textcoords="offset points", xytext=(4, 4),
-                    fontsize="x-small")  # fmt: skip
+                    fontsize="x-small")
     if not shown:
         ax.text(0.5, 0.5, "no finished run", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(xlabel)
@@ -54,7 +54,7 @@ def plot_validation_curves(runs: Sequence[Run], path: Path, meta: dict[str, Any]
     for run in runs:
         prefix = "ema_" if yaml.safe_load((run.directory / ARGS).read_text())["release_weights"] == "ema" else ""
         points = [(int(r["epoch"]), float(r[f"{prefix}val_top1"])) for r in read_summary(run.directory)
-                  if r.get(f"{prefix}val_top1") not in (None, "")]  # fmt: skip
+                  if r.get(f"{prefix}val_top1") not in (None, "")]
         label = None if run.model in labelled else run.model
         labelled.add(run.model)
         ax.plot([p[0] for p in points], [p[1] for p in points], color=colours[run.model], alpha=0.8, label=label)

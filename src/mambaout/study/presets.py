@@ -80,7 +80,7 @@ SMOKE_OPTIONS: dict[str, Any] = dict(
     batch_size=32, workers=0, lr=5e-4, warmup_epochs=0, cooldown_epochs=0, sched_on_updates=True, aa="none",
     scale=[0.6, 1.0], reprob=0.0, mixup=0.0, cutmix=0.0, aug_repeats=0, drop_path=0.0, smoothing=0.1,
     model_ema_decay=0.0, best_by="model", release_weights="model", amp="fp32", checkpoint_hist=1,
-)  # fmt: skip
+)
 
 
 def _presets() -> dict[str, Preset]:
@@ -99,14 +99,14 @@ def _presets() -> dict[str, Preset]:
             seeds=2, epochs=4, img_size=32, options=SMOKE_OPTIONS,
             generated_data=GeneratedData(train_per_class=150, val_per_class=20, size=32),
         ),
-    }  # fmt: skip
+    }
     for size, group in HYPOTHESIS1_GROUPS.items():
         presets[f"hypothesis1-{size}"] = Preset(
             f"hypothesis1-{size}", f"MambaOut-{size.capitalize()} against the visual Mambas of its size", group
         )
     for size, group in CAUSAL_GROUPS.items():
         presets[f"causal-{size}"] = Preset(f"causal-{size}", f"DeiT-{size.capitalize()} against its causal twin",
-                                           group)  # fmt: skip
+                                           group)
     return presets
 
 

@@ -28,7 +28,7 @@ RUN_COLUMNS = (
     "model", "family", "seed", "status", "recipe", "recipe_is_own", "epochs", "img_size", "params_m", "gmacs",
     "images_per_s", "top1", "top5", "val_loss", "best_top1", "best_epoch", "train_images_per_s", "train_seconds",
     "published_top1", "published_params_m", "published_gmacs", "run_dir",
-)  # fmt: skip
+)
 COLUMNS = (*RUN_COLUMNS, "seeds", *(f"{m}_std" for m in MEASURES))
 TIMING = ("images_per_s", "train_images_per_s", "train_seconds")  # what differs from one machine (or run) to the next
 
@@ -68,7 +68,7 @@ def run_row(run: Run, facts: ModelFacts, images_per_s: float | None, record: dic
         train_seconds=sum(values("seconds")), published_top1=spec.published.top1,
         published_params_m=spec.published.params_m, published_gmacs=spec.published.gmacs,
         run_dir=str(run.directory),
-    )  # fmt: skip
+    )
 
 
 def read_summary(directory: Path) -> list[dict[str, str]]:
@@ -117,14 +117,14 @@ def comparison_rows(config: StudyConfig, models: list[dict[str, Any]]) -> list[d
             if delta is not None and ref["top1_std"] is not None and other["top1_std"] is not None:
                 spread = math.sqrt(other["top1_std"] ** 2 / other["seeds"] + ref["top1_std"] ** 2 / ref["seeds"])
             published = (None if None in (other["published_top1"], ref["published_top1"])
-                         else other["published_top1"] - ref["published_top1"])  # fmt: skip
+                         else other["published_top1"] - ref["published_top1"])
             rows.append(dict(reference=ref["model"], model=name, delta_top1=delta, delta_top1_se=spread,
                              published_delta_top1=published, gmacs_ratio=other["gmacs"] / ref["gmacs"]))
     return rows
 
 
 def write_report(config: StudyConfig, runs: list[Run], facts: dict[str, ModelFacts], benchmark: dict[str, Any],
-                 classes: list[str], records: dict[str, dict | None]) -> StudyResult:  # fmt: skip
+                 classes: list[str], records: dict[str, dict | None]) -> StudyResult:
     from .plots import plot_top1_against, plot_validation_curves  # matplotlib only when writing
 
     speed = {r["model"]: r["images_per_s"] for r in benchmark["results"] if r["status"] == "ok"}
@@ -137,7 +137,7 @@ def write_report(config: StudyConfig, runs: list[Run], facts: dict[str, ModelFac
                                                                   ("batch", "precision", "repeats", "threads")},
         torch=torch.__version__, python=platform.python_version(),
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )  # fmt: skip
+    )
     result = StudyResult(rows, models, comparison_rows(config, models), meta)
     root = config.root
     result.markdown = markdown(result, config)
@@ -146,7 +146,7 @@ def write_report(config: StudyConfig, runs: list[Run], facts: dict[str, ModelFac
         "study.json": json.dumps(dict(meta=meta, runs=rows, models=models, comparisons=result.comparisons),
                                  indent=2),
         "study.md": result.markdown,
-    }  # fmt: skip
+    }
     for name, text in files.items():
         atomic_write(root / name, lambda tmp, text=text: Path(tmp).write_text(text))
     result.files = [root / name for name in files]
@@ -156,7 +156,7 @@ def write_report(config: StudyConfig, runs: list[Run], facts: dict[str, ModelFac
         plot_top1_against(models, "images_per_s", f"inference images/s at {size} ({meta['device_name']})",
                           root / "top1_vs_speed.png", meta),
         plot_validation_curves(runs, root / "validation_curves.png", meta),
-    ]  # fmt: skip
+    ]
     return result
 
 
@@ -214,5 +214,5 @@ def markdown(result: StudyResult, config: StudyConfig) -> str:
                 f"| {_cell(row['published_delta_top1'], '+.1f')} | {row['gmacs_ratio']:.2f} |"
             )
     lines += ["", "![top-1 against MACs](top1_vs_macs.png) ![top-1 against images/s](top1_vs_speed.png)",
-              "", "![validation curves](validation_curves.png)", ""]  # fmt: skip
+              "", "![validation curves](validation_curves.png)", ""]
     return "\n".join(lines)

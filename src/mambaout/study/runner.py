@@ -76,12 +76,12 @@ def _claim_folder(config: StudyConfig) -> None:
     if path.exists():
         if config.resume != "auto":
             raise StudyError(f"{config.root} holds a study already: pass --resume auto to continue it (finished "
-                             "runs are kept), or choose another --output")  # fmt: skip
+                             "runs are kept), or choose another --output")
         earlier = yaml.safe_load(path.read_text())["plan"]
         changed = sorted(key for key, value in config.plan().items() if earlier.get(key) != value)
         if changed:
             raise StudyError(f"{path} is a study with other settings ({', '.join(changed)} differ): resume it with "
-                             "its own settings, or choose another --output")  # fmt: skip
+                             "its own settings, or choose another --output")
         return
     text = yaml.safe_dump({"plan": config.plan(), "preset": config.preset,
                            "comparisons": [[c.reference, *c.others] for c in config.comparisons]}, sort_keys=False)
@@ -101,14 +101,14 @@ def _train_all(config: StudyConfig, runs: list[Run], env: distributed.Distribute
     pending = [run for run in runs if distributed.broadcast_object(finished(run) is None if env.is_main else None)]
     if env.is_main and len(pending) < len(runs):
         log.info("study: %d of %d runs finished earlier, %d to train", len(runs) - len(pending), len(runs),
-                 len(pending))  # fmt: skip
+                 len(pending))
     bar = tqdm(total=len(runs), initial=len(runs) - len(pending), desc="study", unit="run", disable=not progress)
     try:
         if config.jobs == 1:
             for run in pending:
                 bar.set_postfix_str(run.name)
                 log.info("study: run %d of %d: %s (log: %s)", run.index + 1, len(runs), run.name,
-                         run.directory / TRAIN_LOG)  # fmt: skip
+                         run.directory / TRAIN_LOG)
                 with _stopped_on_write_errors(config, run), _log_file(run.directory / TRAIN_LOG):
                     status = _train_one(run)
                 if env.is_main:
@@ -136,9 +136,9 @@ def _train_in_parallel(config: StudyConfig, pending: list[Run], bar: tqdm) -> No
     context = get_context("spawn")  # a fresh interpreter: no forked OpenMP or autograd state
     with ProcessPoolExecutor(max_workers=config.jobs, mp_context=context) as pool:
         futures = {pool.submit(_train_in_worker, run.options, threads, str(run.directory / TRAIN_LOG)): run
-                   for run in pending}  # fmt: skip
+                   for run in pending}
         log.info("study: %d runs, %d at a time with %d threads each (logs: <run>/%s)", len(pending), config.jobs,
-                 threads, TRAIN_LOG)  # fmt: skip
+                 threads, TRAIN_LOG)
         remaining = set(futures)
         while remaining:
             done, remaining = wait(remaining, return_when=FIRST_EXCEPTION)
@@ -221,16 +221,16 @@ def _benchmark(config: StudyConfig, device: torch.device, progress: bool) -> dic
             log.info("study: inference speed measured earlier (%s)", saved)
             return earlier
     log.info("study: measuring inference images/s of %d models at %s, batch %d, %s", len(config.models),
-             hxw(config.img_size), config.bench_batch, precision)  # fmt: skip
+             hxw(config.img_size), config.bench_batch, precision)
     with _stopped_on_write_errors(config):
         result = run_benchmark(config.models, [height_width(config.img_size)], batch=config.bench_batch,
                                precision=precision, device=str(device), repeats=config.bench_repeats, warmup=1,
-                               out=out, progress=progress)  # fmt: skip
+                               out=out, progress=progress)
     return {"meta": result.meta, "results": result.rows}
 
 
 def _report(config: StudyConfig, runs: list[Run], facts: dict[str, ModelFacts], benchmark: dict[str, Any],
-            classes: list[str]) -> StudyResult:  # fmt: skip
+            classes: list[str]) -> StudyResult:
     with _stopped_on_write_errors(config):
         return write_report(config, runs, facts, benchmark, classes, {r.name: finished(r) for r in runs})
 
