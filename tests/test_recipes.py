@@ -209,8 +209,7 @@ def test_a_recipe_that_releases_the_ema_picks_best_by_it_and_gives_it_as_the_mod
 
 
 # the family test models, each at its own recipe's defaults; only what keeps the run tiny is set
-FAMILY_MODELS = ["mambaout_test", "vmamba_test", "vmamba2_test", "vim_test", "deit_test", "local_vim_test",
-                 "local_vmamba_test", "plainmamba_test"]
+FAMILY_MODELS = mambaout.list_models("*_test")
 
 
 @pytest.mark.parametrize("name", FAMILY_MODELS)

@@ -12,7 +12,7 @@ from mambaout.dense.segmentation import InferenceSettings, segment_probabilities
 from mambaout.dense.segmentation_task import segmentation_loss
 from mambaout.dense.upernet import POOL_SCALES, FCNHead, Segmenter, UperHead
 
-FAMILIES = ["mambaout_test", "vmamba_test", "vmamba2_test", "vim_test", "deit_test"]
+FAMILIES = mambaout.list_models("*_test")  # one tiny variant of every family, from the registry
 SWIN_T_CHANNELS = [96, 192, 384, 768]  # MambaOut-T's and VMamba-T's stage widths
 
 
