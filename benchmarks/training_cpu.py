@@ -149,11 +149,13 @@ def case_seconds(spec: CaseSpec, model_name: str, batch: int, size: int, threads
     process.start()
     child.close()
     try:
-        return conn.recv()
-    except EOFError:
-        raise RuntimeError(f"{model_name} ({spec}) died with exit code {process.join() or process.exitcode}") from None
-    finally:
-        process.join()
+        seconds = conn.recv()
+    except EOFError:  # the worker died before it sent its time
+        seconds = None
+    process.join()
+    if seconds is None:
+        raise RuntimeError(f"{model_name} ({spec}) died with exit code {process.exitcode}")
+    return seconds
 
 
 def validation_seconds(model: nn.Module, batches: int, batch: int, size: int) -> float:

@@ -1,7 +1,8 @@
 """What DeiT and Vim share: a sequence of blocks over patch tokens plus one class token, with timm's model API.
 
 Subclasses build `blocks`, `norm`, `head`, `head_drop`, set `global_pool`, and define `_embed` (image -> tokens with
-the class token at `cls_token_index(...)` and the position embedding added) and `cls_token_index`.
+the class token at `cls_token_index(...)` and the position embedding added) and `cls_token_index`. `GridTokenModel`
+is the form whose blocks also take the patch grid and which may have no class token (LocalVim, PlainMamba).
 """
 
 from __future__ import annotations
