@@ -1,14 +1,13 @@
 """VMamba: parameter counts, MACs and official key listings against the reference, the cross-scan against an oracle."""
 
-import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import mambaout
+from conftest import reference
 from mambaout.analysis.flops import model_flops
 from mambaout.checkpoints.vmamba_layout import convert_vmamba
 from mambaout.errors import InputSizeError
@@ -17,7 +16,6 @@ from mambaout.ops import scan_backend
 from mambaout.ops.selective_scan import selective_scan
 from mambaout.registry import get_model_spec
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 OURS_TO_OFFICIAL = {
     "vmamba_tiny": "vmambav0_tiny_224",
     "vmamba_small": "vmambav0_small_224",
@@ -30,13 +28,6 @@ OURS_TO_OFFICIAL = {
     "vmamba2_base_s2l5": "vmambav2_base_224",
 }
 OFFICIAL = list(OURS_TO_OFFICIAL.items())
-
-
-def _reference(name: str) -> dict:
-    path = REFERENCE / name
-    if not path.exists():
-        pytest.skip(f"{path} not present")
-    return json.loads(path.read_text())["models"]
 
 
 def _meta_model(name: str):
@@ -99,7 +90,7 @@ def conv_shaped(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("ours,official", OFFICIAL)
 def test_params_and_macs_equal_the_reference(ours, official):
-    ref = _reference("official_complexity.json")[official]
+    ref = reference("official_complexity.json")["models"][official]
     report = model_flops(ours)
     assert report.params == ref["params"]
     assert report.macs / 1e9 == pytest.approx(ref["macs_G"], abs=0.05)
@@ -118,7 +109,7 @@ class _CountScans(TorchDispatchMode):
 
 @pytest.mark.parametrize("ours,official", [OFFICIAL[0], OFFICIAL[3], OFFICIAL[6]])
 def test_one_selective_scan_per_block(ours, official):
-    ref = _reference("official_complexity.json")[official]
+    ref = reference("official_complexity.json")["models"][official]
     model = _meta_model(ours).eval()
     counter = _CountScans()
     with counter, torch.no_grad():
@@ -128,7 +119,7 @@ def test_one_selective_scan_per_block(ours, official):
 
 @pytest.mark.parametrize("ours,official", OFFICIAL)
 def test_official_key_listing_converts_to_exactly_our_keys(ours, official):
-    ref = _reference("official_state_dicts.json")[official]
+    ref = reference("official_state_dicts.json")["models"][official]
     listing = {name: torch.empty(shape, device="meta") for name, shape, _ in ref["keys"]}
     ours_state = _meta_model(ours).state_dict()
     expected = _shapes(ours_state)
