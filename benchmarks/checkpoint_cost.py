@@ -25,10 +25,10 @@ from timm.utils import ModelEmaV3
 
 import mambaout
 from _machine import cpu_model
-from mambaout.dense.upernet import create_segmenter
 from mambaout.engine.checkpointing import CheckpointKeeper, capture_rng, load_training_checkpoint
+from mambaout.engine.config import EngineConfig
 from mambaout.engine.inference import cpu_supports_bf16
-from mambaout.engine.train_config import EngineConfig
+from mambaout.tasks.segmentation.upernet import create_segmenter
 
 CASES = {
     "MambaOut-T 224, batch {batch}": dict(kind="classification", size=224),

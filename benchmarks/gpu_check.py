@@ -52,9 +52,9 @@ from _machine import cpu_model
 from mambaout.engine.inference import InferenceModel, prepare_for_inference
 from mambaout.engine.loop import TrainStep
 from mambaout.engine.task import Batch
-from mambaout.engine.train import ClassificationTask
-from mambaout.engine.train_config import TrainConfig
 from mambaout.ops.selective_scan import selective_scan
+from mambaout.tasks.classification.config import TrainConfig
+from mambaout.tasks.classification.task import ClassificationTask
 
 SECTIONS = ("scan", "train", "ddp", "throughput")
 # seconds each section should take on one recent GPU (printed beside what it took; the total stays under 8 minutes)

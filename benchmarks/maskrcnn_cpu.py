@@ -26,8 +26,8 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 from _machine import cpu_model
 from mambaout.data.synthetic_coco import draw_scene
-from mambaout.dense.detection import create_detector
 from mambaout.engine.inference import cpu_supports_bf16
+from mambaout.tasks.detection.model import create_detector
 
 HEADS = dict(box_score_thresh=0.0, box_detections_per_img=100)
 

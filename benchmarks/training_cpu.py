@@ -9,7 +9,7 @@ is against the fastest of them. Each repeat of a case runs in a fresh process of
 after --warmup-steps untimed steps, so that heap settings stay with their case; every timm configuration runs once
 more in a process that keeps freed memory (as MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1 would), reported beside as
 the ratio without that part of our gain.
-Validation: `mambaout.engine.evaluate.evaluate` over in-memory batches at 224 for `mambaout_tiny`, ours as
+Validation: `mambaout.tasks.classification.evaluate.evaluate` over in-memory batches at 224 for `mambaout_tiny`, ours as
 `mambaout validate` runs it (`prepare_for_inference`) and timm's model as timm's validate.py runs it (eval, fp32).
 Cases alternate repeat by repeat, one at a time, so a noisy machine slows them alike; the report gives medians,
 spreads and ratios, prints lscpu's model, and writes training_cpu.json and training_cpu.png under --out.
@@ -49,13 +49,13 @@ import torch
 from torch import nn
 
 import mambaout
-from mambaout.engine.evaluate import evaluate
 from mambaout.engine.host_memory import keep_freed_memory
 from mambaout.engine.inference import cpu_supports_bf16, prepare_for_inference
 from mambaout.engine.loop import TrainStep, training_precision
 from mambaout.engine.task import FUSED_OPTIMIZERS, Batch
-from mambaout.engine.train import ClassificationTask
-from mambaout.engine.train_config import TrainConfig
+from mambaout.tasks.classification.config import TrainConfig
+from mambaout.tasks.classification.evaluate import evaluate
+from mambaout.tasks.classification.task import ClassificationTask
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the backend
@@ -423,7 +423,7 @@ def main() -> None:
     meta = dict(torch=torch.__version__, timm=timm.__version__, cpu=cpu, threads=args.threads, size=args.size,
                 repeats=args.repeats, steps=args.steps,
                 train="forward + cross-entropy + backward + AdamW; ours with the engine's precision and fused AdamW",
-                validate="fp32, mambaout.engine.evaluate")
+                validate="fp32, mambaout.tasks.classification.evaluate")
     (args.out / "training_cpu.json").write_text(json.dumps(dict(meta=meta, rows=rows, samples=samples), indent=2))
     fig, ax = plt.subplots(figsize=(7, 3.5))
     labels = [f"{r['task']}\n{r['model']}" for r in rows]

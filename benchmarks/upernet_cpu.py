@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 import mambaout
-from mambaout.dense.segmentation import InferenceSettings, image_logits
-from mambaout.dense.upernet import Segmenter
+from mambaout.tasks.segmentation.inference import InferenceSettings, image_logits
+from mambaout.tasks.segmentation.upernet import Segmenter
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the backend

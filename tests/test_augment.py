@@ -17,9 +17,10 @@ from mambaout.data.augment import TransformError, apply_transform, harden, polic
 from mambaout.data.folder import DatasetError
 from mambaout.data.images import to_rgb
 from mambaout.data.synthetic import write_dataset
-from mambaout.engine import train as train_module
-from mambaout.engine.train import train
-from mambaout.engine.train_config import ConfigError, TrainConfig
+from mambaout.engine.config import ConfigError
+from mambaout.tasks.classification import task as train_module
+from mambaout.tasks.classification.config import TrainConfig
+from mambaout.tasks.classification.task import train
 
 RECIPE = TrainConfig().aa  # the official recipe's policy, rand-m9-mstd0.5-inc1
 POLICIES = [

@@ -16,8 +16,8 @@ from mambaout.cli import main
 from mambaout.data.coco import CocoInstances, read_annotations
 from mambaout.data.folder import DatasetError
 from mambaout.data.synthetic_coco import CATEGORIES, write_coco_dataset
-from mambaout.dense.coco_eval import coco_metrics, to_coco_results
-from mambaout.dense.detection_task import collate_train
+from mambaout.tasks.detection.coco_eval import coco_metrics, to_coco_results
+from mambaout.tasks.detection.task import collate_train
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,8 @@ from mambaout.apps.demo import (
 )
 from mambaout.cli import main
 from mambaout.data.synthetic import CLASSES, write_dataset
-from mambaout.engine.predict import predict_files
 from mambaout.factory import save_checkpoint
+from mambaout.tasks.classification.predict import predict_files
 
 SIZE = 32
 CHROMIUM = "/usr/bin/chromium"

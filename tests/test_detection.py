@@ -8,9 +8,9 @@ import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 import mambaout
-from mambaout.dense.detection import create_detector
-from mambaout.dense.detection_task import DetectionConfig, multistep_warmup_scheduler
 from mambaout.registry import get_model_spec
+from mambaout.tasks.detection.model import create_detector
+from mambaout.tasks.detection.task import DetectionConfig, multistep_warmup_scheduler
 
 # the smallest heads and RoI counts that still exercise every part of the detector
 TINY = dict(min_size=64, max_size=96, fpn_channels=16, box_head_dim=32, mask_head_channels=16,

@@ -17,8 +17,8 @@ from PIL import Image
 from conftest import cli_flags, console_script
 from mambaout.cli import main
 from mambaout.data.synthetic_coco import write_coco_dataset
-from mambaout.dense.detection_task import DetectionConfig, train_detector
 from mambaout.engine.checkpointing import load_training_checkpoint
+from mambaout.tasks.detection.task import DetectionConfig, train_detector
 
 # the recipe at toy sizes: 64x48 images, narrow heads, few RoIs, mambaout_test
 QUICK = dict(
@@ -132,7 +132,7 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(dat
     a = load_training_checkpoint(tmp_path / "one" / "run" / "last.pth")
     b = load_training_checkpoint(tmp_path / "two" / "run" / "last.pth")
     assert b["args"]["batch_size"] == 2 and len(b["rng"]) == 2
-    from mambaout.dense.detection import create_detector
+    from mambaout.tasks.detection.model import create_detector
 
     torch.manual_seed(42)  # the engine seeds rank 0 with the seed before building the model
     start = {k: v for k, v in create_detector("mambaout_test", 4, **_architecture()).state_dict().items()}
@@ -142,7 +142,7 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(dat
     (ra,), (rb,) = _summary(tmp_path / "one" / "run"), _summary(tmp_path / "two" / "run")
     assert float(ra["train_loss"]) == pytest.approx(float(rb["train_loss"]), rel=0.05)
     # validation gathered both processes' detections: one process evaluating the same weights finds the same AP
-    from mambaout.dense.detection_task import evaluate_checkpoint
+    from mambaout.tasks.detection.task import evaluate_checkpoint
 
     alone = evaluate_checkpoint(data, tmp_path / "two" / "run" / "last.pth", workers=0).evaluation
     assert alone.images == 4

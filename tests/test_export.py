@@ -25,11 +25,11 @@ from mambaout.apps.export import (
 )
 from mambaout.apps.onnx_predict import OnnxClassifier, OnnxModelError, Preprocessing
 from mambaout.cli import main
-from mambaout.engine.predict import eval_transform, predict_files
 from mambaout.errors import InputSizeError
 from mambaout.factory import save_checkpoint
 from mambaout.ops import selective_scan
 from mambaout.ops._scan_export import translation_table
+from mambaout.tasks.classification.predict import eval_transform, predict_files
 
 SIZE = (32, 32)
 FAMILIES = list_models("*_test")  # new families' test variants are covered as they are registered

@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 
 import mambaout
-from mambaout.engine.train import ClassificationTask
-from mambaout.engine.train_config import TrainConfig
 from mambaout.models.mambaout import GatedCNNBlock
 from mambaout.ops._depthwise_numba import depthwise_weight_grad
+from mambaout.tasks.classification.config import TrainConfig
+from mambaout.tasks.classification.task import ClassificationTask
 
 
 def _blocks(model: torch.nn.Module) -> list[GatedCNNBlock]:

@@ -8,8 +8,8 @@ import pytest
 
 from mambaout.data.synthetic import write_dataset
 from mambaout.engine import host_memory, loop
-from mambaout.engine.train import train
-from mambaout.engine.train_config import TrainConfig
+from mambaout.tasks.classification.config import TrainConfig
+from mambaout.tasks.classification.task import train
 
 # a 64 MiB tensor allocated, filled and freed; glibc's mallinfo2 says where it lived and what the heap kept of it
 PROBE = """

@@ -22,9 +22,9 @@ from mambaout.engine.inference import (
     prepare_for_inference,
     resolve_precision,
 )
-from mambaout.engine.predict import predict_files
 from mambaout.models.mambaout import GatedCNNBlock, SplitProjectionBlock
 from mambaout.ops import scan_backend, selective_scan
+from mambaout.tasks.classification.predict import predict_files
 
 # name, create_model overrides, probe size, norms whose affine is folded (every norm a Linear alone reads)
 FAMILIES = [

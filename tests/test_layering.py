@@ -42,15 +42,47 @@ def test_a_model_family_takes_only_public_classes_from_another_family():
     assert borrowed == [], "shared helpers belong in models/_*.py, not in another family's file"
 
 
-def _names_a_family_or_dense(module: str) -> bool:
-    return module.startswith("mambaout.dense") or module.removeprefix("mambaout.models.") in FAMILIES
+def _above_the_engine(module: str) -> bool:
+    """A model family, a task, or what only the dense tasks share."""
+    return (module.startswith(("mambaout.tasks", "mambaout.dense"))
+            or module.removeprefix("mambaout.models.") in FAMILIES)
 
 
-def test_the_engine_names_no_model_family_and_no_dense_task():
+def test_the_engine_names_no_model_family_and_no_task():
     reached = [f"{path.name}: {module}" for path in sorted((PACKAGE / "engine").glob("*.py"))
-               for module, _ in _imports(path) if _names_a_family_or_dense(module)]
+               for module, _ in _imports(path) if _above_the_engine(module)]
     assert reached == []
-    assert _names_a_family_or_dense("mambaout.models.mambaout") and not _names_a_family_or_dense("mambaout.models")
+    assert _above_the_engine("mambaout.models.mambaout") and _above_the_engine("mambaout.tasks.detection.task")
+    assert not _above_the_engine("mambaout.models") and not _above_the_engine("mambaout.engine.loop")
+
+
+def test_a_task_package_takes_nothing_from_another_task():
+    tasks = sorted(p.name for p in (PACKAGE / "tasks").iterdir() if (p / "__init__.py").exists())
+    assert tasks == ["classification", "detection", "segmentation"]
+    crossed = [f"{task}/{path.name}: {module}" for task in tasks
+               for path in sorted((PACKAGE / "tasks" / task).glob("*.py")) for module, _ in _imports(path)
+               if module.startswith("mambaout.tasks.") and module.split(".")[2] != task]
+    assert crossed == []
+
+
+def _declared_flags(path: Path) -> list[str]:
+    """Every option string given to an `add_argument` call in the file."""
+    return [arg.value for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument"
+            for arg in node.args if isinstance(arg, ast.Constant) and str(arg.value).startswith("-")]
+
+
+# one spelling, two options: benchmark's --mode (infer or train) and the segmentation commands' (whole or slide)
+SAME_NAME_OTHER_OPTION = {"--mode"}
+
+
+def test_the_command_line_declares_each_option_once():
+    """Options that several commands share are declared once, in cli_options.py; cli.py declares the rest."""
+    declared = _declared_flags(PACKAGE / "cli.py") + _declared_flags(PACKAGE / "cli_options.py")
+    assert len(declared) > 40 and "--checkpoint" in declared
+    twice = {flag for flag in declared if declared.count(flag) > 1}
+    assert twice - SAME_NAME_OTHER_OPTION == set()
+    assert all(declared.count(flag) == 2 for flag in SAME_NAME_OTHER_OPTION)
 
 
 def test_no_formatter_directives_without_a_formatter():

@@ -24,13 +24,13 @@ from mambaout.data.synthetic import write_dataset
 from mambaout.data.synthetic_coco import write_coco_dataset
 from mambaout.data.synthetic_segmentation import write_segmentation_dataset
 from mambaout.data.training_stream import EpochStream, SampleKey, TrainingSamples
-from mambaout.dense.detection_task import DetectionConfig, DetectionTask, train_detector
-from mambaout.dense.segmentation_task import SegmentationConfig, SegmentationTask, train_segmenter
 from mambaout.engine import checkpointing
 from mambaout.engine.checkpointing import CheckpointWriteError, find_resume_checkpoint, load_training_checkpoint
-from mambaout.engine.train import ClassificationTask, train
-from mambaout.engine.train_config import TrainConfig
 from mambaout.errors import DataLoaderWorkerError, TrainingInterrupted
+from mambaout.tasks.classification.config import TrainConfig
+from mambaout.tasks.classification.task import ClassificationTask, train
+from mambaout.tasks.detection.task import DetectionConfig, DetectionTask, train_detector
+from mambaout.tasks.segmentation.task import SegmentationConfig, SegmentationTask, train_segmenter
 from test_train import QUICK
 
 SEGMENTATION = dict(backbone="mambaout_test", img_scale=[64, 48], crop_size=64, channels=16, aux_channels=8,

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from mambaout import create_model, save_checkpoint
 from mambaout.checkpoints import CheckpointError, CheckpointMismatchError
 from mambaout.data.synthetic import write_dataset
-from mambaout.engine import train as train_module
 from mambaout.engine.checkpointing import load_training_checkpoint
-from mambaout.engine.train import train
-from mambaout.engine.train_config import TrainConfig
+from mambaout.tasks.classification import task as train_module
+from mambaout.tasks.classification.config import TrainConfig
+from mambaout.tasks.classification.task import train
 
 MID = "mid"  # the class row sits at index H*W // 2 (Vim, LocalVim's middle-class-token variant)
 

@@ -7,8 +7,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 import mambaout
-from mambaout.engine.predict import class_names, eval_transform, predict_files
 from mambaout.errors import InputSizeError
+from mambaout.tasks.classification.predict import class_names, eval_transform, predict_files
 
 
 def _official_pipeline(img, size, crop_pct, mean, std):

@@ -16,11 +16,12 @@ from mambaout.cli import main
 from mambaout.data.synthetic import write_dataset
 from mambaout.engine import loop
 from mambaout.engine.checkpointing import load_training_checkpoint
+from mambaout.engine.config import ConfigError, read_config_file
 from mambaout.engine.schedules import StaircaseWarmupCosine
-from mambaout.engine.train import train
-from mambaout.engine.train_config import ConfigError, TrainConfig, read_config_file
 from mambaout.recipes import VOCABULARY, get_recipe, list_recipes
 from mambaout.registry import recipe_for
+from mambaout.tasks.classification.config import TrainConfig
+from mambaout.tasks.classification.task import train
 
 FIXTURE = yaml.safe_load((Path(__file__).parent / "fixtures" / "official_recipes.yaml").read_text())
 
@@ -239,7 +240,7 @@ def test_recipes_command_table_json_and_yaml_that_train_reads_back(capsys, tmp_p
     assert "deit_tiny_causal trains with deit_tiny's recipe" in text and "aug_repeats: 3  # " in text
     path = tmp_path / "recipe.yaml"
     path.write_text(text)
-    options = read_config_file(path)
+    options = read_config_file(path, TrainConfig)
     config = TrainConfig(model="deit_tiny_causal", **options)
     assert config.recipe == "deit_tiny" and not config.recipe_report.overrides
     assert main(["recipes", "vmamba_smal"]) == 3
@@ -258,7 +259,7 @@ def test_train_with_another_models_recipe_from_the_command_line(shapes, tmp_path
 
 
 def _schedule(config: TrainConfig, steps_per_epoch: int):
-    from mambaout.engine.train import ClassificationTask
+    from mambaout.tasks.classification.task import ClassificationTask
 
     task = ClassificationTask(config)
     task.world_size = 1

@@ -22,8 +22,9 @@ from mambaout.cli import main
 from mambaout.data.synthetic import write_dataset
 from mambaout.engine import distributed
 from mambaout.engine.checkpointing import load_training_checkpoint
-from mambaout.engine.train import ClassificationTask, train
-from mambaout.engine.train_config import ConfigError, TrainConfig
+from mambaout.engine.config import ConfigError
+from mambaout.tasks.classification.config import TrainConfig
+from mambaout.tasks.classification.task import ClassificationTask, train
 from test_train import QUICK, _Killed
 
 REPEATS = 3  # the DeiT and Vim recipes' aug_repeats

@@ -18,7 +18,7 @@ from mambaout.data.segmentation import (
     rescale_size,
 )
 from mambaout.data.synthetic_segmentation import CLASS_NAMES, write_segmentation_dataset
-from mambaout.dense.seg_metrics import SegmentationAreas
+from mambaout.tasks.segmentation.metrics import SegmentationAreas
 
 
 def _areas(pairs, num_classes):

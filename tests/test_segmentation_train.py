@@ -19,9 +19,9 @@ from PIL import Image
 from conftest import cli_flags, console_script
 from mambaout.cli import main
 from mambaout.data.synthetic_segmentation import CLASS_NAMES, write_segmentation_dataset
-from mambaout.dense.segmentation_task import PolyWarmupScheduler, SegmentationConfig, train_segmenter
 from mambaout.engine.checkpointing import load_training_checkpoint
-from mambaout.engine.train_config import ConfigError
+from mambaout.engine.config import ConfigError
+from mambaout.tasks.segmentation.task import PolyWarmupScheduler, SegmentationConfig, train_segmenter
 
 # the recipe at toy sizes: 64x48 images, 48-pixel crops, narrow heads, mambaout_test
 QUICK = dict(

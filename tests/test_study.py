@@ -21,12 +21,12 @@ from mambaout.cli import main
 from mambaout.data.folder import DatasetError
 from mambaout.data.synthetic import write_dataset
 from mambaout.engine.checkpointing import CheckpointKeeper
-from mambaout.engine.validate import validate
 from mambaout.errors import InputSizeError
 from mambaout.recipes import get_recipe, plain
 from mambaout.registry import get_model_spec, list_models, recipe_for
 from mambaout.study import PRESETS, StudyConfig, StudyError, get_preset, run_study
 from mambaout.study.report import TIMING
+from mambaout.tasks.classification.validate import validate
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # a study of two test models that trains in seconds: no augmentation, one lr, a few steps per epoch

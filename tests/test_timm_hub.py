@@ -20,9 +20,9 @@ import mambaout
 from mambaout.apps import push_to_hub as push_module
 from mambaout.checkpoints import CheckpointError
 from mambaout.cli import main
-from mambaout.engine.predict import eval_transform
-from mambaout.engine.validate import validate
 from mambaout.registry import UnknownModelError
+from mambaout.tasks.classification.predict import eval_transform
+from mambaout.tasks.classification.validate import validate
 from mambaout.timm_models import TIMM_OWNED
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -17,11 +17,12 @@ from conftest import cli_flags, console_script
 from mambaout.checkpoints import CheckpointError
 from mambaout.cli import main
 from mambaout.data.synthetic import write_dataset
-from mambaout.engine import train as train_module
 from mambaout.engine.checkpointing import CheckpointKeeper, find_resume_checkpoint, load_training_checkpoint
-from mambaout.engine.train import train
-from mambaout.engine.train_config import ConfigError, TrainConfig, read_config_file
+from mambaout.engine.config import ConfigError, read_config_file
 from mambaout.errors import TrainingDivergedError
+from mambaout.tasks.classification import task as train_module
+from mambaout.tasks.classification.config import TrainConfig
+from mambaout.tasks.classification.task import train
 
 # a tiny run: mambaout_test at 32 px, no augmentation unless a test asks for it
 QUICK = dict(
@@ -222,7 +223,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(shapes, tmp_path
 def test_config_file_sets_defaults_and_flags_win(shapes, tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({**QUICK, "epochs": 1, "max-steps-per-epoch": 1, "lr": 1e-3}))
-    assert read_config_file(config)["max_steps_per_epoch"] == 1
+    assert read_config_file(config, TrainConfig)["max_steps_per_epoch"] == 1
     code = main(["train", str(shapes), "-c", str(config), "--lr", "5e-4", "--output", str(tmp_path),
                  "--experiment", "run"])
     assert code == 0

@@ -8,9 +8,9 @@ from transformers.models.upernet.configuration_upernet import UperNetConfig
 from transformers.models.upernet.modeling_upernet import UperNetFCNHead, UperNetHead
 
 import mambaout
-from mambaout.dense.segmentation import InferenceSettings, segment_probabilities, slide_logits
-from mambaout.dense.segmentation_task import segmentation_loss
-from mambaout.dense.upernet import POOL_SCALES, FCNHead, Segmenter, UperHead
+from mambaout.tasks.segmentation.inference import InferenceSettings, segment_probabilities, slide_logits
+from mambaout.tasks.segmentation.task import segmentation_loss
+from mambaout.tasks.segmentation.upernet import POOL_SCALES, FCNHead, Segmenter, UperHead
 
 FAMILIES = mambaout.list_models("*_test")  # one tiny variant of every family, from the registry
 SWIN_T_CHANNELS = [96, 192, 384, 768]  # MambaOut-T's and VMamba-T's stage widths

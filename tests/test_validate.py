@@ -15,9 +15,10 @@ from torch import nn
 import mambaout
 from mambaout.cli import main
 from mambaout.data.folder import DatasetError, Skipped
-from mambaout.engine.evaluate import evaluate
-from mambaout.engine.predict import eval_transform
-from mambaout.engine.validate import DeviceError, validate
+from mambaout.engine.device import DeviceError
+from mambaout.tasks.classification.evaluate import evaluate
+from mambaout.tasks.classification.predict import eval_transform
+from mambaout.tasks.classification.validate import validate
 
 # ---- evaluate() on logits given directly (the model is the identity) ----
 

@@ -3,10 +3,10 @@
 from . import models  # noqa: F401  (fills the registry)
 from .apps.push_to_hub import push_to_hub
 from .dense.backbone import create_backbone
-from .dense.detection import create_detector
-from .dense.upernet import create_segmenter
 from .factory import create_model, load_checkpoint, save_checkpoint
 from .registry import get_model_spec, list_models
+from .tasks.detection.model import create_detector
+from .tasks.segmentation.upernet import create_segmenter
 from .timm_models import register_in_timm
 
 register_in_timm()

@@ -12,22 +12,36 @@ from .analysis.flops import model_flops
 from .analysis.transformer_flops import transformer_block_flops
 from .cli_options import (
     add_batch_size,
+    add_channels_last,
+    add_compile,
     add_device,
+    add_epochs,
+    add_eval_amp,
+    add_generated_dataset,
     add_img_size,
+    add_json,
+    add_model,
+    add_models,
     add_output,
+    add_precision,
+    add_split,
+    add_trained_checkpoint,
     add_weights,
     add_workers,
     count,
     deprecated_action,
     resolved_device,
 )
-from .dense.detection_task import DetectionConfig
-from .dense.segmentation_task import SegmentationConfig
-from .engine.train_config import ConfigError, TrainConfig
+from .engine.config import ConfigError, read_config_file
+from .engine.loop import fit
+from .engine.task import Task
 from .errors import MambaoutError
 from .registry import get_model_spec, list_models, weights_location
 from .study import PRESETS as _STUDY_PRESETS
 from .study.plan import STUDY_SET
+from .tasks.classification import ClassificationTask, TrainConfig
+from .tasks.detection import DetectionTask
+from .tasks.segmentation import SegmentationTask
 
 
 class UsageError(MambaoutError, ValueError):
@@ -109,8 +123,8 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .engine.predict import predict_files
     from .factory import create_model
+    from .tasks.classification.predict import predict_files
 
     if args.onnx:
         return _predict_onnx(args)
@@ -157,9 +171,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine.train import train
-
-    result = train(_config_from_args(args))
+    """Every training command: the task `_add_train_arguments` set, with its config from the parsed options."""
+    result = fit(args.task(_config_from_args(args)))
     if result.best_metric is not None:
         print(f"best {args.eval_metric} {result.best_metric:.4f} at epoch {result.best_epoch}")
     print(f"checkpoints and logs: {result.output_dir}")
@@ -167,19 +180,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _config_from_args(args: argparse.Namespace):
-    """The command's EngineConfig subclass (set by `_add_train_arguments`) filled from the parsed options."""
-    return args.config_class(**{f.name: getattr(args, f.name) for f in args.config_class.fields()})
+    """The config of the command's task (set by `_add_train_arguments`) filled from the parsed options."""
+    config_class = args.task.config_class
+    return config_class(**{f.name: getattr(args, f.name) for f in config_class.fields()})
 
 
 _TYPES = {"int": int, "float": float, "str": str}
 
 
-def _add_train_arguments(p: argparse.ArgumentParser, config_class: type, config_defaults: dict | None) -> None:
-    """One option per field of `config_class` (an EngineConfig: help and defaults live there); `-c config.yaml`
+def _add_train_arguments(p: argparse.ArgumentParser, task: type[Task], config_defaults: dict | None) -> None:
+    """One option per field of the task's config (an EngineConfig: help and defaults live there); `-c config.yaml`
     supplies defaults. Every training command of the one engine (train, detect-train, segment-train) uses this."""
-    p.set_defaults(config_class=config_class)
+    p.set_defaults(func=cmd_train, task=task)
     p.add_argument("-c", "--config", help="YAML file of options (keys as the long options); the command line wins")
-    _add_config_options(p, config_class)
+    _add_config_options(p, task.config_class)
     if config_defaults:
         p.set_defaults(**config_defaults)
 
@@ -233,7 +247,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .engine.validate import validate
+    from .tasks.classification.validate import validate
 
     if not (args.checkpoint or args.pretrained):
         logging.getLogger("mambaout").warning(
@@ -321,18 +335,8 @@ def cmd_segment_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_segment_train(args: argparse.Namespace) -> int:
-    from .dense.segmentation_task import train_segmenter
-
-    result = train_segmenter(_config_from_args(args))
-    if result.best_metric is not None:
-        print(f"best {args.eval_metric} {result.best_metric:.4f} at epoch {result.best_epoch}")
-    print(f"checkpoints and logs: {result.output_dir}")
-    return 0
-
-
 def cmd_segment_eval(args: argparse.Namespace) -> int:
-    from .dense.segmentation_task import evaluate_checkpoint
+    from .tasks.segmentation.task import evaluate_checkpoint
 
     report = evaluate_checkpoint(args.data_dir, args.checkpoint, mode=args.mode, multi_scale=args.multi_scale,
                                  flip=args.flip, split=args.split, device=args.device, workers=args.workers,
@@ -348,7 +352,7 @@ def cmd_segment_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .dense.segmentation import MULTI_SCALE_RATIOS, InferenceSettings, load_segmenter, segment_files
+    from .tasks.segmentation.inference import MULTI_SCALE_RATIOS, InferenceSettings, load_segmenter, segment_files
 
     model, meta = load_segmenter(args.checkpoint, use_ema=args.use_ema)
     settings = InferenceSettings(args.mode, tuple(meta["img_scale"]), MULTI_SCALE_RATIOS if args.multi_scale else
@@ -374,18 +378,8 @@ def cmd_detect_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_detect_train(args: argparse.Namespace) -> int:
-    from .dense.detection_task import train_detector
-
-    result = train_detector(_config_from_args(args))
-    if result.best_metric is not None:
-        print(f"best {args.eval_metric} {result.best_metric:.4f} at epoch {result.best_epoch}")
-    print(f"checkpoints and logs: {result.output_dir}")
-    return 0
-
-
 def cmd_detect_eval(args: argparse.Namespace) -> int:
-    from .dense.detection_task import evaluate_checkpoint
+    from .tasks.detection.task import evaluate_checkpoint
 
     report = evaluate_checkpoint(args.data_dir, args.checkpoint, split=args.split, out=args.output, device=args.device,
                                  workers=args.workers, batch_size=args.batch_size, amp=args.amp,
@@ -399,8 +393,8 @@ def cmd_detect_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from .dense.detect_predict import detect_files
-    from .dense.detection import load_detector
+    from .tasks.detection.model import load_detector
+    from .tasks.detection.predict import detect_files
 
     model, meta = load_detector(args.checkpoint, use_ema=args.use_ema, box_score_thresh=args.score_threshold)
     done, errors = detect_files(model, args.images, meta["class_names"], args.output, args.score_threshold,
@@ -489,14 +483,14 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
 
     p = sub.add_parser("models", help="list registered models with published params, MACs, top-1, weights")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern, e.g. 'mambaout_*'")
-    p.add_argument("--json", action="store_true")
+    add_json(p)
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("recipes", help="each model's official training recipe, with a source per value")
     p.add_argument("pattern", nargs="?", default="*",
                    help="a model or recipe name (the whole recipe) or a shell-style pattern (a table)")
     shown = p.add_mutually_exclusive_group()
-    shown.add_argument("--json", action="store_true", help="JSON: train's option names, global_batch_size, sources")
+    add_json(shown, "JSON: train's option names, global_batch_size, sources")
     shown.add_argument("--yaml", action="store_true",
                        help="a YAML file `train --config` reads, one value a line with its source as comment")
     p.set_defaults(func=cmd_recipes)
@@ -520,18 +514,16 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     add_batch_size(p, 16)
     add_img_size(p)
     add_device(p)
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="autocast; auto: bf16 on GPUs and on CPUs with AVX512-BF16/AMX, else fp32")
-    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
-                   help="channels-last memory format (auto: for convolutional models)")
+    add_precision(p, ("auto", "fp32", "bf16", "fp16"), "auto",
+                  "autocast; auto: bf16 on GPUs and on CPUs with AVX512-BF16/AMX, else fp32")
+    add_channels_last(p, auto=True)
     p.add_argument("--no-fold-norms", action="store_true", help="keep LayerNorm affines out of the next Linear")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off for many images)")
-    p.add_argument("--json", action="store_true")
+    add_compile(p, "torch.compile the model (pays off for many images)")
+    add_json(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("train", help="train on a folder dataset with the model's official recipe (torchrun for DDP)")
-    _add_train_arguments(p, TrainConfig, config_defaults.get("train"))
-    p.set_defaults(func=cmd_train)
+    _add_train_arguments(p, ClassificationTask, config_defaults.get("train"))
 
     p = sub.add_parser(
         "study", help="the paper's comparison on any dataset: train models x seeds, measure, report (study.md)",
@@ -544,16 +536,15 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
                    "the smoke preset writes a generated one when left out")
     p.add_argument("--preset", help="the paper's experiments: hypothesis1[-femto|-tiny|-small|-base], "
                    "causal[-tiny|-small|-base], smoke")
-    p.add_argument("--models", nargs="+", help="models to compare (default: the preset's)")
+    add_models(p, "models to compare (default: the preset's)")
     p.add_argument("--recipe", help="'own': each model its authors' recipe (default); a recipe name: every model "
                    "that one (the controlled comparison)")
     p.add_argument("--seeds", type=count(1), help="runs per model with seeds first-seed, first-seed+1, ... "
                    "(mean and standard deviation; default 1)")
     p.add_argument("--first-seed", type=int, default=42, help="the first run's seed")
-    p.add_argument("--epochs", type=count(1), help="epochs of every run; warmup and cooldown shrink in proportion "
-                   "unless set (default: each recipe's)")
+    add_epochs(p, "epochs of every run; warmup and cooldown shrink in proportion unless set (default: each recipe's)")
     add_img_size(p, "training and validation input size: one number (a square) or H W (default 224)", old=False)
-    p.add_argument("--output", default="output/study", help="study folder (runs in OUTPUT/runs/)")
+    add_output(p, "output/study", "study folder (runs in OUTPUT/runs/)")
     p.add_argument("--resume", choices=["auto"], help="continue the study in OUTPUT: finished runs are kept, the "
                    "interrupted one resumes from its newest checkpoint")
     p.add_argument("--jobs", type=count(1), default=1, help="runs trained at the same time on this machine, "
@@ -568,17 +559,17 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
 
     p = sub.add_parser("validate", help="top-1/top-5 accuracy on DATA_DIR/<split>/<class>/<images> (ImageNet layout)")
     p.add_argument("data_dir", metavar="DATA_DIR")
-    p.add_argument("--model", required=True, help="registered model name (see `mambaout models`)")
+    add_model(p, required=True)
     add_weights(p)
     add_batch_size(p, 64)
-    p.add_argument("--split", default="val", help="the folder under DATA_DIR to evaluate")
+    add_split(p, "val", "the folder under DATA_DIR to evaluate")
     add_workers(p, 4)
     add_device(p)
     add_img_size(p)
-    p.add_argument("--precision", choices=["fp32", "auto", "bf16", "fp16"], default="fp32",
-                   help="fp32 (default) reproduces published accuracy; auto: bf16 where supported")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--json", action="store_true")
+    add_precision(p, ("fp32", "auto", "bf16", "fp16"), "fp32",
+                  "fp32 (default) reproduces published accuracy; auto: bf16 where supported")
+    add_channels_last(p)
+    add_json(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("erf", help="effective receptive field heat map (RepLKNet's method) as PNG + .npy")
@@ -594,15 +585,15 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     p.set_defaults(func=cmd_erf)
 
     p = sub.add_parser("benchmark", help="images/s, latency and peak memory per model and size, side by side")
-    p.add_argument("--models", nargs="+", required=True, help="registered names, or timm:<name> for timm baselines")
+    add_models(p, "registered names, or timm:<name> for timm baselines", required=True)
     add_img_size(p, "input size: one number (square) or H W (default 224)")
     p.add_argument("--sizes", nargs="+", type=count(1), metavar="SIZE", help="a sweep of square input sides")
     add_batch_size(p, 1, old="--batch")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    add_precision(p, ("fp32", "bf16", "fp16"), "fp32")
     p.add_argument("--mode", choices=["infer", "train"], default="infer", help="train: forward, backward, AdamW step")
     add_device(p)
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (compilation is in the warm-up)")
+    add_channels_last(p)
+    add_compile(p, "torch.compile the model (compilation is in the warm-up)")
     p.add_argument("--repeats", type=count(1), default=5, help="timed batches per case (median, min/max, IQR)")
     p.add_argument("--warmup", type=count(0), default=2, help="untimed batches first")
     p.add_argument("--timeout", type=float, default=600, metavar="S", help="seconds per case before it is killed")
@@ -640,7 +631,7 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
     p.set_defaults(func=cmd_push_to_hub)
 
     p = sub.add_parser("demo", help="gradio web demo (default: the model `make quickstart` trains), on 127.0.0.1")
-    p.add_argument("--model", help="registered model name (default: the quickstart checkpoint's)")
+    add_model(p, "registered model name (default: the quickstart checkpoint's)")
     add_weights(p, ema=False, checkpoint_help="weights file (default: quickstart_output's best.pth)")
     p.add_argument("--checkpoint-dir", help="folder whose checkpoints the model picker offers (default: quickstart's)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (others need --allow-remote)")
@@ -652,73 +643,61 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
 
     p = sub.add_parser("quickstart", help="generate a dataset, train a small MambaOut on it, validate, predict")
     add_output(p, "quickstart_output", "folder for the data, checkpoints and logs", old=True)
-    p.add_argument("--epochs", type=int, help="training epochs (default: configs/quickstart.yaml's)")
+    add_epochs(p, "training epochs (default: configs/quickstart.yaml's)")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("segment-data", help="write a generated segmentation dataset in ADE20K's layout")
-    p.add_argument("out", help="folder to write (images/, annotations/, classes.txt)")
-    p.add_argument("--train-images", type=count(1), default=64)
-    p.add_argument("--val-images", type=count(1), default=16)
-    add_img_size(p, "image size: one number (square) or H W", default=(64, 96), old_width_first=True)
-    p.add_argument("--seed", type=int, default=0)
+    add_generated_dataset(p, "folder to write (images/, annotations/, classes.txt)", 64, 16, (64, 96))
     p.set_defaults(func=cmd_segment_data)
 
     p = sub.add_parser("segment-train", help="train UperNet on ADE20K-format data (paper recipe; torchrun for DDP)")
-    _add_train_arguments(p, SegmentationConfig, config_defaults.get("segment-train"))
-    p.set_defaults(func=cmd_segment_train)
+    _add_train_arguments(p, SegmentationTask, config_defaults.get("segment-train"))
 
     for name, text in (("segment-eval", "mIoU/mAcc/aAcc of a segment-train checkpoint (torchrun for many processes)"),
                        ("segment", "colour-coded label maps and overlays for image files")):
         p = sub.add_parser(name, help=text)
         if name == "segment-eval":
             p.add_argument("data_dir", metavar="DATA_DIR")
-            p.add_argument("--split", help="split to evaluate (default: validation / val)")
+            add_split(p, None, "split to evaluate (default: validation / val)")
             add_workers(p, 2)
-            p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast precision (default: fp32)")
-            p.add_argument("--json", action="store_true")
+            add_eval_amp(p)
+            add_json(p)
             p.set_defaults(func=cmd_segment_eval)
         else:
             p.add_argument("images", nargs="+")
             add_output(p, "segment_output", "folder for <image>_labels.png, <image>_overlay.png", old=True)
             p.set_defaults(func=cmd_segment)
-        p.add_argument("--checkpoint", required=True, help="a segment-train checkpoint (last.pth, best.pth)")
-        p.add_argument("--use-ema", action="store_true", help="the checkpoint's EMA weights")
+        add_trained_checkpoint(p, "segment-train")
         p.add_argument("--mode", choices=["whole", "slide"], default="whole", help="whole image or sliding window")
         p.add_argument("--multi-scale", action="store_true", help="ratios 0.5-1.75 of the test scale, averaged")
         p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
         add_device(p)
 
     p = sub.add_parser("detect-data", help="write a generated instance-segmentation dataset in COCO's format")
-    p.add_argument("out", help="folder to write (annotations/instances_{train,val}.json, train/, val/)")
-    p.add_argument("--train-images", type=count(1), default=32)
-    p.add_argument("--val-images", type=count(1), default=8)
-    add_img_size(p, "image size: one number (square) or H W", default=(96, 128), old_width_first=True)
-    p.add_argument("--seed", type=int, default=0)
+    add_generated_dataset(p, "folder to write (annotations/instances_{train,val}.json, train/, val/)", 32, 8, (96, 128))
     p.set_defaults(func=cmd_detect_data)
 
     p = sub.add_parser("detect-train", help="train Mask R-CNN on COCO-format data (paper recipe; torchrun for DDP)")
-    _add_train_arguments(p, DetectionConfig, config_defaults.get("detect-train"))
-    p.set_defaults(func=cmd_detect_train)
+    _add_train_arguments(p, DetectionTask, config_defaults.get("detect-train"))
 
     p = sub.add_parser("detect-eval", help="COCO box/mask AP of a detect-train checkpoint (torchrun: many processes)")
     p.add_argument("data_dir", metavar="DATA_DIR")
-    p.add_argument("--split", help="split to evaluate (default: val2017, else val)")
+    add_split(p, None, "split to evaluate (default: val2017, else val)")
     add_output(p, None, "folder for results.bbox.json, results.segm.json (COCO's format), metrics.json", old=True)
     add_workers(p, 2)
     add_batch_size(p, 2, "images per batch and process")
-    p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast precision (default: fp32)")
-    p.add_argument("--json", action="store_true")
+    add_eval_amp(p)
+    add_json(p)
     p.set_defaults(func=cmd_detect_eval)
 
     p = sub.add_parser("detect", help="draw the boxes, masks and labels a detect-train checkpoint finds in images")
     p.add_argument("images", nargs="+")
     add_output(p, "detect_output", "folder for <image>_detections.png", old=True)
     p.add_argument("--score-threshold", type=float, default=0.5, help="lowest score drawn and listed")
-    p.add_argument("--json", action="store_true")
+    add_json(p)
     p.set_defaults(func=cmd_detect)
     for p in (sub.choices["detect-eval"], sub.choices["detect"]):
-        p.add_argument("--checkpoint", required=True, help="a detect-train checkpoint (last.pth, best.pth)")
-        p.add_argument("--use-ema", action="store_true", help="the checkpoint's EMA weights")
+        add_trained_checkpoint(p, "detect-train")
         add_device(p)
     return parser
 
@@ -726,10 +705,8 @@ def build_parser(config_defaults: dict[str, dict] | None = None) -> argparse.Arg
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "config", None):  # a training command's -c file: its options are defaults, flags still win
-        from .engine.train_config import read_config_file
-
         try:
-            defaults = read_config_file(args.config, args.config_class)
+            defaults = read_config_file(args.config, args.task.config_class)
             args = build_parser({args.command: defaults}).parse_args(argv)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)

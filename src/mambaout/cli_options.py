@@ -110,20 +110,80 @@ CHECKPOINT_HELP = "weights file (.pth/.pt/.bin/.safetensors, official or ours)"
 
 
 def add_weights(p: argparse.ArgumentParser, ema: bool = True, required: bool = False,
-                checkpoint_help: str = CHECKPOINT_HELP) -> None:
-    """--checkpoint | --pretrained (one of them where `required`), and --use-ema."""
-    weights = p.add_mutually_exclusive_group(required=required)
-    weights.add_argument("--checkpoint", help=checkpoint_help)
-    weights.add_argument("--pretrained", action="store_true", help="the release weights (downloaded once)")
+                checkpoint_help: str = CHECKPOINT_HELP, pretrained: bool = True) -> None:
+    """--checkpoint | --pretrained (one of them where `required`; --checkpoint alone without `pretrained`), and
+    --use-ema."""
+    weights = p.add_mutually_exclusive_group(required=required) if pretrained else p
+    weights.add_argument("--checkpoint", required=required and not pretrained, help=checkpoint_help)
+    if pretrained:
+        weights.add_argument("--pretrained", action="store_true", help="the release weights (downloaded once)")
     if ema:
         p.add_argument("--use-ema", action="store_true", default=None,
                        help="take the EMA weights of a training checkpoint")
 
 
-def resolved_device(device: str | None) -> str:
-    """--device as given, or the GPU if there is one."""
-    if device:
-        return device
-    import torch
+def add_trained_checkpoint(p: argparse.ArgumentParser, command: str) -> None:
+    """--checkpoint (required: a checkpoint `command` wrote) and --use-ema, of the dense tasks' evaluation and
+    prediction."""
+    add_weights(p, required=True, pretrained=False, checkpoint_help=f"a {command} checkpoint (last.pth, best.pth)")
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+
+def add_json(p: argparse.ArgumentParser | argparse._ActionsContainer, help: str = "print the result as JSON") -> None:
+    p.add_argument("--json", action="store_true", help=help)
+
+
+def add_split(p: argparse.ArgumentParser, default: str | None, help: str) -> None:
+    p.add_argument("--split", default=default, help=help)
+
+
+def add_precision(p: argparse.ArgumentParser, choices: tuple[str, ...], default: str, help: str | None = None) -> None:
+    """--precision of an inference command (`engine.inference.PRECISIONS`)."""
+    p.add_argument("--precision", choices=choices, default=default, help=help)
+
+
+def add_eval_amp(p: argparse.ArgumentParser) -> None:
+    """--amp of the dense tasks' evaluation (their training commands take it from the task's config)."""
+    p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast precision (default: fp32)")
+
+
+def add_channels_last(p: argparse.ArgumentParser, auto: bool = False) -> None:
+    """--channels-last: a switch, or with `auto` a choice of auto (for convolutional models), on and off."""
+    kind = (dict(choices=("auto", "on", "off"), default="auto", help="channels-last memory format (auto: for "
+                 "convolutional models)") if auto else dict(action="store_true", help="channels-last memory format"))
+    p.add_argument("--channels-last", **kind)
+
+
+def add_compile(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--compile", action="store_true", help=help)
+
+
+def add_models(p: argparse.ArgumentParser, help: str, required: bool = False) -> None:
+    """--models M1 M2 ... (registered names)."""
+    p.add_argument("--models", nargs="+", required=required, help=help)
+
+
+def add_model(p: argparse.ArgumentParser, help: str = "registered model name (see `mambaout models`)",
+              required: bool = False) -> None:
+    p.add_argument("--model", required=required, help=help)
+
+
+def add_epochs(p: argparse.ArgumentParser, help: str) -> None:
+    """--epochs of a command that trains with a recipe's or a file's default (unset: theirs)."""
+    p.add_argument("--epochs", type=count(1), help=help)
+
+
+def add_generated_dataset(p: argparse.ArgumentParser, out_help: str, train_images: int, val_images: int,
+                          size: tuple[int, int]) -> None:
+    """OUT, --train-images, --val-images, --img-size and --seed of a command that writes a generated dataset."""
+    p.add_argument("out", help=out_help)
+    p.add_argument("--train-images", type=count(1), default=train_images)
+    p.add_argument("--val-images", type=count(1), default=val_images)
+    add_img_size(p, "image size: one number (square) or H W", default=size, old_width_first=True)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def resolved_device(device: str | None) -> str:
+    """--device as given (checked: a DeviceError names a device this machine lacks), or the GPU if there is one."""
+    from .engine.device import resolve_device
+
+    return str(resolve_device(device))

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from timm.models import PretrainedCfg
@@ -144,6 +145,39 @@ def register_model(spec: ModelSpec) -> ModelSpec:
         register_recipe(spec.recipe)
     _REGISTRY[spec.name] = spec
     return spec
+
+
+#: one row of a family's variant table: constructor arguments, published numbers, weights entries of pretrained_cfg
+Variant = tuple[dict[str, Any], Published, dict[str, Any]]
+
+
+def register_variants(
+    variants: Mapping[str, Variant],
+    *,
+    family: str,
+    model: Callable[..., nn.Module],
+    cfg: Mapping[str, Any] | Callable[[dict[str, Any]], Mapping[str, Any]],
+    recipes: Mapping[str, Recipe],
+    fallback: Fallback | Mapping[str, Fallback],
+    converter: Callable[[StateDict], StateDict] = keep_layout,
+    dense: Mapping[str, DenseSettings] | None = None,
+) -> None:
+    """Register every row of a family's variant table.
+
+    `cfg`: the pretrained_cfg keys of every variant (or a function of a variant's arguments giving them), which the
+    variant's weights entries complete or override. A variant without an official recipe in `recipes` trains with
+    `fallback` (one for all, or one per name); `dense`: the official dense fine-tuning settings by name."""
+    for name, (arch, published, weights) in variants.items():
+        register_model(ModelSpec(
+            name=name,
+            family=family,
+            builder=partial(model, **arch),
+            pretrained_cfg=pretrained_cfg(**{**(cfg(arch) if callable(cfg) else cfg), **weights}),
+            recipe=recipes.get(name) or (fallback if isinstance(fallback, Fallback) else fallback[name]),
+            published=published,
+            converter=converter,
+            dense=(dense or {}).get(name, DenseSettings()),
+        ))
 
 
 def recipe_for(name: str) -> tuple[Recipe, Fallback | None]:

@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from ..data.images import ImageReadError, open_rgb
 from ..data.synthetic import CLASSES, render
-from ..engine.predict import eval_transform
 from ..errors import InputSizeError, MambaoutError, check_input_size
+from ..tasks.classification.predict import eval_transform
 
 logger = logging.getLogger("mambaout")
 

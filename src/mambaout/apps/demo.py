@@ -33,9 +33,9 @@ from ..checkpoints import CheckpointError, atomic_write, read_checkpoint
 from ..data.images import ImageReadError, open_rgb
 from ..data.sizes import height_width
 from ..engine.inference import InferenceModel, prepare_for_inference
-from ..engine.predict import class_names, eval_transform
 from ..errors import InputSizeError, MambaoutError
 from ..registry import UnknownModelError, get_model_spec, list_models
+from ..tasks.classification.predict import class_names, eval_transform
 
 log = logging.getLogger("mambaout")
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine.predict import class_names
 from ..errors import InputSizeError, MambaoutError, check_input_size
+from ..tasks.classification.predict import class_names
 
 FORMATS = ("onnx", "pt2")
 # max |exported - eager| / max |eager| over the verify inputs: fp32 kernels summing in another order stay ~1e-6

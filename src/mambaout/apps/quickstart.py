@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..data.synthetic import write_dataset
-from ..engine.evaluate import EvalResult
-from ..engine.train_config import TrainConfig, read_config_file
+from ..engine.config import read_config_file
+from ..tasks.classification.config import TrainConfig
+from ..tasks.classification.evaluate import EvalResult
 
 CONFIG = "quickstart.yaml"
 
@@ -56,7 +57,7 @@ class QuickstartReport:
 def quickstart_options(**changes: Any) -> dict[str, Any]:
     """The packaged quickstart recipe, with `changes` applied (tests shorten it)."""
     with resources.as_file(resources.files("mambaout.configs") / CONFIG) as path:
-        options = read_config_file(path)
+        options = read_config_file(path, TrainConfig)
     options.update(changes)
     return options
 
@@ -69,10 +70,10 @@ def run_quickstart(
     size: int = 32,
     **changes: Any,
 ) -> QuickstartReport:
-    from ..engine.predict import predict_files
-    from ..engine.train import train
-    from ..engine.validate import validate
     from ..factory import create_model
+    from ..tasks.classification.predict import predict_files
+    from ..tasks.classification.task import train
+    from ..tasks.classification.validate import validate
 
     out = Path(out)
     data = out / "shapes"

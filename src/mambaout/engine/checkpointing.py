@@ -18,14 +18,15 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from ..checkpoints import CheckpointError, atomic_write, read_checkpoint
+from ..checkpoints import CheckpointError, atomic_write, check_fits, read_checkpoint
 from ..checkpoints.files import with_checksum
 from ..errors import MambaoutError
 
@@ -168,6 +169,26 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"training checkpoint {os.fspath(path)!r} lacks {', '.join(missing)}")
     return state
+
+
+def load_trained_model(path: str | os.PathLike, task: str, meta_key: str, command: str,
+                       build: Callable[[dict[str, Any]], nn.Module],
+                       use_ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a training checkpoint of `task` holds (on CPU, eval mode) and the metadata the task stored under
+    `meta_key`: `build(meta)` makes the network, the checkpoint's weights (or its EMA's) fill it strictly."""
+    where = os.fspath(path)
+    state = load_training_checkpoint(path)
+    meta = state.get(meta_key)
+    if state.get("task") != task or not isinstance(meta, dict):
+        raise CheckpointError(f"{where!r} is a {state.get('task', 'different task')} checkpoint, not one "
+                              f"`mambaout {command}` wrote")
+    weights = state.get("model_ema") if use_ema else state["model"]
+    if weights is None:
+        raise CheckpointError(f"{where!r} was trained without --model-ema: it has no EMA weights")
+    model = build(meta)
+    check_fits(model.state_dict(), weights, where)
+    model.load_state_dict(weights)
+    return model.eval(), meta
 
 
 def find_resume_checkpoint(directory: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -32,14 +35,10 @@ def setup(device: str | None = None) -> Distributed:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if kind.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    chosen = resolve_device(device)
+    if chosen.type == "cuda":  # torchrun gives each process its GPU by LOCAL_RANK
         torch.cuda.set_device(local_rank)
         chosen = torch.device("cuda", local_rank)
-    else:
-        chosen = torch.device(kind)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
     return Distributed(rank, local_rank, world_size, chosen)
@@ -97,3 +96,20 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+@contextlib.contextmanager
+def processes(device: str | None = None) -> Iterator[Distributed]:
+    """`setup` for the length of a `with` block (an evaluation command), the process group left at its end."""
+    env = setup(device)
+    try:
+        yield env
+    finally:
+        teardown()
+
+
+def shard_loader(dataset: Dataset, env: Distributed, batch_size: int, workers: int,
+                 collate_fn: Callable | None = None, **options) -> DataLoader:
+    """A loader over this process's share of `dataset` (`ShardSampler`: each sample evaluated exactly once)."""
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_fn,
+                      sampler=ShardSampler(len(dataset), env.rank, env.world_size), **options)

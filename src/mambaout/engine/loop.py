@@ -48,11 +48,11 @@ from .checkpointing import (
     restore_rng,
     resume_position,
 )
+from .config import ConfigError
 from .host_memory import keep_freed_memory
 from .inference import PRECISIONS, cpu_supports_bf16
 from .run_log import RunLog
 from .task import Batch, Task, TaskParts
-from .train_config import ConfigError
 
 log = logging.getLogger("mambaout")
 
@@ -557,11 +557,9 @@ def _loaders(task: Task, parts: TaskParts, env: distributed.Distributed) -> tupl
     )
     val_loader = None
     if parts.val_set is not None:
-        val_loader = DataLoader(
-            parts.val_set,
-            batch_size=config.val_batch_size or config.batch_size,
-            sampler=distributed.ShardSampler(len(parts.val_set), env.rank, env.world_size),
-            **{**common, "collate_fn": parts.val_collate_fn or parts.collate_fn},
+        val_loader = distributed.shard_loader(
+            parts.val_set, env, config.val_batch_size or config.batch_size, config.workers,
+            parts.val_collate_fn or parts.collate_fn, pin_memory=config.pin_mem, persistent_workers=False,
         )
     return train_loader, val_loader
 

@@ -3,7 +3,7 @@
 The engine owns everything that is the same for every task: processes (torchrun DDP), seeding, the optimizer
 step with AMP, gradient accumulation and clipping, the NaN stop, EMA, atomic checkpoints and exact resume, the
 output folder (args.yaml, summary.csv, TensorBoard, curves PNG) and progress bars. A task says what differs:
-classification (`engine.train`), detection (`dense.detection_task`) and segmentation (`dense.segmentation_task`).
+the packages under `tasks/`: classification, detection and segmentation.
 
 Exact resume holds for every task as long as the data order is a function of (seed, epoch): the default sampler
 is a `DistributedSampler`; iteration-based tasks use `IterationSampler`, whose "epoch" is a block of iterations.
@@ -15,7 +15,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from timm.optim import create_optimizer_v2
@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from ..data.folder import Skipped
+from .config import EngineConfig
 from .distributed import Distributed
 from .weight_decay import param_groups
 
@@ -70,9 +71,11 @@ class Task(ABC):
 
     #: what the progress line and summary count ("images")
     unit: str = "images"
+    #: the task's options (an EngineConfig subclass): the command line makes a flag of each field
+    config_class: ClassVar[type[EngineConfig]]
 
-    def __init__(self, config: Any) -> None:
-        self.config = config  # an EngineConfig subclass (engine.train_config)
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
 
     # ---- required
     @abstractmethod

@@ -37,9 +37,9 @@ from ..checkpoints.layouts import convert_vim
 from ..checkpoints.local_mamba_layout import convert_local_vmamba
 from ..errors import check_patch_multiple
 from ..ops.selective_scan import selective_scan
-from ..recipes import DenseSettings, Fallback
+from ..recipes import Fallback
 from ..recipes.local_mamba import DENSE, RECIPES
-from ..registry import ModelSpec, Published, pretrained_cfg, register_model
+from ..registry import Published, register_variants
 from ._mamba_layers import at_least_fp32, init_dt_projection_, init_s4d_real_
 from ._pooling import check_global_pool
 from ._positions import middle_token_index, resample_grid, resample_mid_cls_pos_embed
@@ -677,19 +677,24 @@ FALLBACKS = {
 }
 
 
-def _register_all() -> None:
-    for name, (family, arch, published, weights) in VARIANTS.items():
-        common = dict(crop_pct=0.875, interpolation="bicubic", tag="in1k")
-        if family == "local_vim":
-            builder = partial(LocalVisionMamba, **arch)
-            cfg = pretrained_cfg(first_conv="patch_embed.proj", classifier="head", **common, **weights)
-        else:
-            builder = partial(build_local_vmamba, **arch)
-            cfg = pretrained_cfg(first_conv="stem.conv", classifier="head.fc", feature_stride=32, **common, **weights)
-        converter = convert_vim if family == "local_vim" else convert_local_vmamba  # LocalVim is laid out as Vim
-        register_model(ModelSpec(name=name, family=family, builder=builder, pretrained_cfg=cfg,
-                                 recipe=RECIPES.get(name) or FALLBACKS[name], published=published,
-                                 converter=converter, dense=DENSE.get(name, DenseSettings())))
-
-
-_register_all()
+_COMMON_CFG = dict(crop_pct=0.875, interpolation="bicubic", tag="in1k")
+register_variants(  # LocalVim is laid out as Vim
+    {name: row for name, (family, *row) in VARIANTS.items() if family == "local_vim"},
+    family="local_vim",
+    model=LocalVisionMamba,
+    cfg=dict(first_conv="patch_embed.proj", classifier="head", **_COMMON_CFG),
+    recipes=RECIPES,
+    fallback=FALLBACKS,
+    converter=convert_vim,
+    dense=DENSE,
+)
+register_variants(
+    {name: row for name, (family, *row) in VARIANTS.items() if family == "local_vmamba"},
+    family="local_vmamba",
+    model=build_local_vmamba,
+    cfg=dict(first_conv="stem.conv", classifier="head.fc", feature_stride=32, **_COMMON_CFG),
+    recipes=RECIPES,
+    fallback=FALLBACKS,
+    converter=convert_local_vmamba,
+    dense=DENSE,
+)

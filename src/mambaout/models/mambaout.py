@@ -8,7 +8,6 @@ identity and conv parts, 7x7 depthwise conv on the conv part, act(gate) * concat
 from __future__ import annotations
 
 from collections import OrderedDict
-from functools import partial
 
 import torch
 from timm.layers import DropPath, LayerNorm, LayerScale, calculate_drop_path_rates, trunc_normal_
@@ -20,7 +19,7 @@ from ..checkpoints.layouts import convert_mambaout
 from ..ops.gated_conv import gated_depthwise
 from ..recipes import DenseSettings, Fallback
 from ..recipes.mambaout import DENSE, RECIPES
-from ..registry import ModelSpec, Published, hub_weights, pretrained_cfg, register_model
+from ..registry import Published, hub_weights, register_variants
 from ._pooling import check_global_pool
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "silu": nn.SiLU}
@@ -464,21 +463,13 @@ DENSE_RW = {"mambaout_small_rw": DenseSettings(0.4, _RW_DENSE),
             **{name: DenseSettings(0.6, _RW_DENSE) for name in FALLBACKS if name.startswith("mambaout_base_")}}
 
 
-def _register_all() -> None:
-    for name, (arch, published, weights) in VARIANTS.items():
-        cfg = {"crop_pct": 1.0, "test_input_size": (3, 288, 288), "tag": "in1k", "feature_stride": 32, **weights}
-        register_model(
-            ModelSpec(
-                name=name,
-                family="mambaout",
-                builder=partial(MambaOut, **arch),
-                pretrained_cfg=pretrained_cfg(**cfg),
-                recipe=RECIPES.get(name) or FALLBACKS[name],
-                published=published,
-                converter=convert_mambaout,
-                dense=DENSE.get(name) or DENSE_RW.get(name) or DenseSettings(),
-            )
-        )
-
-
-_register_all()
+register_variants(
+    VARIANTS,
+    family="mambaout",
+    model=MambaOut,
+    cfg={"crop_pct": 1.0, "test_input_size": (3, 288, 288), "tag": "in1k", "feature_stride": 32},
+    recipes=RECIPES,
+    fallback=FALLBACKS,
+    converter=convert_mambaout,
+    dense={**DENSE_RW, **DENSE},
+)

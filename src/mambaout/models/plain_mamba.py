@@ -29,9 +29,9 @@ from torch import Tensor, nn
 
 from ..checkpoints.plain_mamba_layout import convert_plain_mamba
 from ..ops.selective_scan import selective_scan
-from ..recipes import DenseSettings, Fallback
+from ..recipes import Fallback
 from ..recipes.plain_mamba import DENSE, RECIPES
-from ..registry import ModelSpec, Published, hub_weights, pretrained_cfg, register_model
+from ..registry import Published, hub_weights, register_variants
 from ._mamba_layers import at_least_fp32, init_dt_projection_
 from ._pooling import check_global_pool
 from ._positions import resample_grid
@@ -283,22 +283,14 @@ VARIANTS: dict[str, tuple[dict, Published, dict]] = {
 }
 
 
-def _register_all() -> None:
-    for name, (arch, published, weights) in VARIANTS.items():
-        # the official test pipeline: shorter side 256 (bicubic), centre crop 224, ImageNet mean/std
-        cfg = dict(crop_pct=0.875, interpolation="bicubic", first_conv="patch_embed.stem.0", classifier="head")
-        register_model(
-            ModelSpec(
-                name=name,
-                family="plainmamba",
-                builder=partial(PlainMamba, **arch),
-                pretrained_cfg=pretrained_cfg(**cfg, tag="in1k", **weights),
-                recipe=RECIPES.get(name) or Fallback("plainmamba_l1", "a test variant: PlainMamba-L1's recipe"),
-                published=published,
-                converter=convert_plain_mamba,
-                dense=DENSE.get(name, DenseSettings()),
-            )
-        )
-
-
-_register_all()
+register_variants(
+    VARIANTS,
+    family="plainmamba",
+    model=PlainMamba,
+    # the official test pipeline: shorter side 256 (bicubic), centre crop 224, ImageNet mean/std
+    cfg=dict(crop_pct=0.875, interpolation="bicubic", first_conv="patch_embed.stem.0", classifier="head", tag="in1k"),
+    recipes=RECIPES,
+    fallback=Fallback("plainmamba_l1", "a test variant: PlainMamba-L1's recipe"),
+    converter=convert_plain_mamba,
+    dense=DENSE,
+)

@@ -34,9 +34,9 @@ from torch import nn
 
 from ..checkpoints.layouts import convert_vim
 from ..errors import check_patch_multiple
-from ..recipes import DenseSettings, Fallback
+from ..recipes import Fallback
 from ..recipes.vim import DENSE, RECIPES
-from ..registry import ModelSpec, Published, hub_weights, pretrained_cfg, register_model
+from ..registry import Published, hub_weights, register_variants
 from ._mamba_layers import at_least_fp32, init_dt_projection_, init_s4d_real_, mamba_direction
 from ._pooling import check_global_pool
 from ._positions import middle_token_index, resample_mid_cls_pos_embed
@@ -280,23 +280,15 @@ VARIANTS: dict[str, tuple[dict, Published, dict]] = {
 }
 
 
-def _register_all() -> None:
-    for name, (arch, published, weights) in VARIANTS.items():
-        # Vim's own evaluation (main.py --eval-crop-ratio 0.875, datasets.build_transform): resize 256, bicubic,
-        # centre crop 224, ImageNet mean/std; the timm _cfg() its models carry (0.9, mean/std 0.5) is never read.
-        cfg = dict(crop_pct=0.875, interpolation="bicubic", first_conv="patch_embed.proj", classifier="head")
-        register_model(
-            ModelSpec(
-                name=name,
-                family="vim",
-                builder=partial(VisionMamba, **arch),
-                pretrained_cfg=pretrained_cfg(**cfg, **weights),
-                recipe=RECIPES.get(name) or Fallback("vim_tiny", "a test variant: Vim-Ti's recipe"),
-                published=published,
-                converter=convert_vim,
-                dense=DENSE.get(name, DenseSettings()),
-            )
-        )
-
-
-_register_all()
+# Vim's own evaluation (main.py --eval-crop-ratio 0.875, datasets.build_transform): resize 256, bicubic, centre crop
+# 224, ImageNet mean/std; the timm _cfg() its models carry (0.9, mean/std 0.5) is never read.
+register_variants(
+    VARIANTS,
+    family="vim",
+    model=VisionMamba,
+    cfg=dict(crop_pct=0.875, interpolation="bicubic", first_conv="patch_embed.proj", classifier="head"),
+    recipes=RECIPES,
+    fallback=Fallback("vim_tiny", "a test variant: Vim-Ti's recipe"),
+    converter=convert_vim,
+    dense=DENSE,
+)

@@ -17,9 +17,9 @@ from timm.layers import DropPath, Mlp, PatchEmbed, calculate_drop_path_rates, re
 from torch import nn
 
 from ..errors import check_patch_multiple
-from ..recipes import DenseSettings, Fallback
+from ..recipes import Fallback
 from ..recipes.deit import DENSE, RECIPES
-from ..registry import ModelSpec, Published, pretrained_cfg, register_model
+from ..registry import Published, register_variants
 from ._pooling import check_global_pool
 from ._token_model import GLOBAL_POOLS, PositionTables, TokenModel
 
@@ -238,38 +238,30 @@ VARIANTS: dict[str, tuple[dict, Published, dict]] = {
 }
 
 
-def _register_all() -> None:
-    for name, (arch, published, weights) in VARIANTS.items():
-        # crop 0.875 is DeiT's own evaluation (its main.py --eval-crop-ratio); timm's cfg says 0.9.
-        common = dict(crop_pct=0.875, first_conv="patch_embed.proj", classifier="head")
-        own = RECIPES.get(name) or Fallback("deit_tiny", "a test variant: DeiT-Ti's recipe")
-        register_model(
-            ModelSpec(
-                name=name,
-                family="vit",
-                builder=partial(VisionTransformer, **arch),
-                pretrained_cfg=pretrained_cfg(**common, **weights),
-                recipe=own,
-                published=published,
-                dense=DENSE.get(name, DenseSettings()),
-            )
-        )
-        # The Fig. 3b ablation: same architecture and layout, causal attention, mean pooling. Nobody released
-        # weights; DeiT's load into it (create_model(f"{name}_causal", checkpoint=...)) as a starting point.
-        register_model(
-            ModelSpec(
-                name=f"{name}_causal",
-                family="vit",
-                builder=partial(VisionTransformer, **arch, causal=True),
-                pretrained_cfg=pretrained_cfg(**common),
-                recipe=Fallback(
-                    own.recipe if isinstance(own, Fallback) else own.name,
-                    f"the paper's Fig. 3b trains the causal variant with {name}'s recipe",
-                ),
-                published=Published(published.params_m, source=f"{name} with causal attention (MambaOut Fig. 3b)"),
-                dense=DENSE.get(f"{name}_causal", DenseSettings()),
-            )
-        )
+# crop 0.875 is DeiT's own evaluation (its main.py --eval-crop-ratio); timm's cfg says 0.9.
+_DEIT_CFG = dict(crop_pct=0.875, first_conv="patch_embed.proj", classifier="head")
+_TEST_FALLBACK = Fallback("deit_tiny", "a test variant: DeiT-Ti's recipe")
+register_variants(VARIANTS, family="vit", model=VisionTransformer, cfg=_DEIT_CFG, recipes=RECIPES,
+                  fallback=_TEST_FALLBACK, dense=DENSE)
 
 
-_register_all()
+def _recipe_name(name: str) -> str:
+    own = RECIPES.get(name) or _TEST_FALLBACK
+    return own.recipe if isinstance(own, Fallback) else own.name
+
+
+# The Fig. 3b ablation: same architecture and layout, causal attention, mean pooling. Nobody released weights;
+# DeiT's load into it (create_model(f"{name}_causal", checkpoint=...)) as a starting point.
+register_variants(
+    {f"{name}_causal": ({**arch, "causal": True},
+                        Published(published.params_m, source=f"{name} with causal attention (MambaOut Fig. 3b)"), {})
+     for name, (arch, published, _) in VARIANTS.items()},
+    family="vit",
+    model=VisionTransformer,
+    cfg=_DEIT_CFG,
+    recipes={},
+    fallback={f"{name}_causal": Fallback(_recipe_name(name),
+                                         f"the paper's Fig. 3b trains the causal variant with {name}'s recipe")
+              for name in VARIANTS},
+    dense=DENSE,
+)

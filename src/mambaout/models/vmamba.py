@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import ClassVar
 
 import torch
@@ -28,9 +27,9 @@ from torch import Tensor, nn
 from ..checkpoints.vmamba_layout import convert_vmamba
 from ..errors import InputSizeError
 from ..ops.selective_scan import selective_scan
-from ..recipes import DenseSettings, Fallback
+from ..recipes import Fallback
 from ..recipes.vmamba import DENSE, RECIPES
-from ..registry import ModelSpec, Published, pretrained_cfg, register_model
+from ..registry import Published, register_variants
 from ._mamba_layers import at_least_fp32, init_dt_projection_, init_s4d_real_
 from ._pooling import check_global_pool
 
@@ -678,31 +677,22 @@ FALLBACKS = {
 }
 
 
-def _register_all() -> None:
-    for name, (arch, published, weights) in VARIANTS.items():
-        stem = STEMS[arch["version"].stem]
-        register_model(
-            ModelSpec(
-                name=name,
-                family="vmamba",
-                builder=partial(VMamba, **arch),
-                pretrained_cfg=pretrained_cfg(
-                    crop_pct=0.875,
-                    interpolation="bicubic",
-                    first_conv=f"stem.{stem.first_conv}",
-                    classifier="head.fc",
-                    feature_stride=32,
-                    tag="in1k",
-                    # release files are training checkpoints: {'model': ..., 'model_ema': ..., ...}
-                    checkpoint_layout="model",
-                    **weights,
-                ),
-                recipe=RECIPES.get(name) or FALLBACKS[name],
-                published=published,
-                converter=convert_vmamba,
-                dense=DENSE.get(name, DenseSettings()),
-            )
-        )
-
-
-_register_all()
+register_variants(
+    VARIANTS,
+    family="vmamba",
+    model=VMamba,
+    cfg=lambda arch: dict(
+        crop_pct=0.875,
+        interpolation="bicubic",
+        first_conv=f"stem.{STEMS[arch['version'].stem].first_conv}",
+        classifier="head.fc",
+        feature_stride=32,
+        tag="in1k",
+        # release files are training checkpoints: {'model': ..., 'model_ema': ..., ...}
+        checkpoint_layout="model",
+    ),
+    recipes=RECIPES,
+    fallback=FALLBACKS,
+    converter=convert_vmamba,
+    dense=DENSE,
+)

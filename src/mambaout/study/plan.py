@@ -10,10 +10,11 @@ from typing import Any
 from ..analysis.flops import model_flops
 from ..data.folder import DatasetError, find_classes
 from ..data.sizes import height_width
-from ..engine.train_config import ConfigError, TrainConfig, checked_size
+from ..engine.config import ConfigError, checked_size
 from ..errors import MambaoutError
 from ..recipes import Recipe, get_recipe
 from ..registry import get_model_spec, recipe_for
+from ..tasks.classification.config import TrainConfig
 from .presets import Comparison, GeneratedData, get_preset
 
 OWN = "own"

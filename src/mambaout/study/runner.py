@@ -23,8 +23,8 @@ from ..checkpoints import atomic_write
 from ..data.sizes import height_width, hxw
 from ..data.synthetic import write_dataset
 from ..engine import distributed
-from ..engine.train import train
 from ..errors import TrainingDivergedError
+from ..tasks.classification.task import train
 from .plan import ModelFacts, Run, StudyConfig, StudyError, check_study, make_runs
 from .report import StudyResult, write_report
 

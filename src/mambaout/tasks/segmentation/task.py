@@ -22,24 +22,24 @@ import torch
 import torch.nn.functional as F
 from timm.scheduler.scheduler import Scheduler
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 
-from ..data.folder import split_skipped
-from ..data.segmentation import (
+from ...data.folder import split_skipped
+from ...data.segmentation import (
     IGNORE_INDEX,
     EvalTransform,
     SegmentationDataset,
     TrainTransform,
     find_layout,
 )
-from ..data.sizes import compact_size, height_width, size_name
-from ..engine import distributed
-from ..engine.loop import FitResult, fit
-from ..engine.task import Batch, IterationSampler, Metric, Task, TaskParts
-from ..engine.train_config import ConfigError, checked_size, option
-from .seg_metrics import SegmentationMetrics
-from .segmentation import MULTI_SCALE_RATIOS, InferenceSettings, evaluate_segmentation, load_segmenter
-from .train_config import DenseTrainConfig
+from ...data.sizes import compact_size, height_width, size_name
+from ...dense.config import DenseTrainConfig
+from ...engine import distributed
+from ...engine.config import ConfigError, checked_size, option
+from ...engine.loop import FitResult, fit
+from ...engine.task import Batch, IterationSampler, Metric, Task, TaskParts
+from .inference import MULTI_SCALE_RATIOS, InferenceSettings, evaluate_segmentation, load_segmenter
+from .metrics import SegmentationMetrics
 from .upernet import convert_sync_batchnorm, create_segmenter
 
 
@@ -143,6 +143,7 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 
 class SegmentationTask(Task):
+    config_class = SegmentationConfig
     config: SegmentationConfig
 
     def build(self, env: distributed.Distributed) -> TaskParts:
@@ -272,7 +273,7 @@ def evaluate_checkpoint(
     use_ema: bool = False,
 ) -> EvaluationReport:
     """mIoU of a `segment-train` checkpoint on a split (every process of a torchrun job calls this)."""
-    from ..engine.inference import PRECISIONS
+    from ...engine.inference import PRECISIONS
 
     model, meta = load_segmenter(checkpoint, use_ema=use_ema)
     layout = find_layout(data_dir)
@@ -282,14 +283,10 @@ def evaluate_checkpoint(
     dataset = SegmentationDataset(layout, split or layout.val_split, EvalTransform(), meta["reduce_zero_label"])
     settings = InferenceSettings(mode, tuple(meta["img_scale"]), MULTI_SCALE_RATIOS if multi_scale else (1.0,), flip,
                                  meta["crop_size"], meta["stride"])
-    env = distributed.setup(device)
-    try:
-        loader = DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=collate_eval,
-                            sampler=distributed.ShardSampler(len(dataset), env.rank, env.world_size))
+    with distributed.processes(device) as env:
+        loader = distributed.shard_loader(dataset, env, 1, workers, collate_eval)
         metrics, skipped = evaluate_segmentation(
             model.to(env.device), loader, len(layout.class_names), settings, env.device,
             PRECISIONS[amp] if amp else None, env.is_main and sys.stderr.isatty(), layout.class_names,
         )
-    finally:
-        distributed.teardown()
     return EvaluationReport(metrics, len(dataset) - skipped, skipped + len(dataset.skipped), settings, env.is_main)

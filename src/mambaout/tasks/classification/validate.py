@@ -10,35 +10,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data.folder import DatasetError, FolderDataset, SkipLog, collate_skipping, find_classes
-from ..errors import MambaoutError
-from ..factory import create_model
+from ...data.folder import DatasetError, FolderDataset, SkipLog, collate_skipping, find_classes
+from ...engine.device import resolve_device
+from ...engine.inference import prepare_for_inference
+from ...factory import create_model
 from .evaluate import EvalResult, evaluate
-from .inference import prepare_for_inference
 from .predict import eval_transform
 
 log = logging.getLogger("mambaout")
-
-
-class DeviceError(MambaoutError, ValueError):
-    """A device this machine does not have."""
-
-    exit_code = 7
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`device`, or the GPU when there is one; a clear error for a device that is not there."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError as e:
-        raise DeviceError(f"unknown device {str(device)!r} (use cpu, cuda, cuda:1, mps, ...)") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {str(device)!r} asked for, but PyTorch sees no CUDA GPU here")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise DeviceError(f"device {str(device)!r} asked for, but there are {torch.cuda.device_count()} GPUs")
-    return device
 
 
 def dataset_classes(model: nn.Module, folders: list[str], folder: str) -> tuple[list[str], str]:

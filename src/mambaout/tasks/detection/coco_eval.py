@@ -24,8 +24,8 @@ from pycocotools.cocoeval import COCOeval
 from torch import nn
 from tqdm import tqdm
 
-from ..data.folder import Skipped
-from ..engine import distributed
+from ...data.folder import Skipped
+from ...engine import distributed
 
 STAT_NAMES = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")  # COCOeval.stats[0:6]
 IOU_TYPES = ("bbox", "segm")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..engine.train_config import EngineConfig, option
+from ..engine.config import EngineConfig, option
 from ..registry import get_model_spec
 
 

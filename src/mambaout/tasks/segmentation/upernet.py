@@ -21,7 +21,7 @@ import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import DenseBackbone, create_backbone
+from ...dense.backbone import DenseBackbone, create_backbone
 
 POOL_SCALES = (1, 2, 3, 6)
 

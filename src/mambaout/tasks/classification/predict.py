@@ -10,9 +10,9 @@ import torch
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from torch import nn
 
-from ..data.images import ImageReadError, open_rgb
-from ..errors import check_input_size
-from .inference import InferenceModel, prepare_for_inference
+from ...data.images import ImageReadError, open_rgb
+from ...engine.inference import InferenceModel, prepare_for_inference
+from ...errors import check_input_size
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,18 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torch.utils.data import Sampler
 
-from ..data.augment import harden
-from ..data.folder import FolderDataset, collate_skipping
-from ..data.local_mamba_augment import is_local_mamba_policy, local_mamba_train_transform
-from ..data.sizes import height_width, size_name
-from ..factory import create_model
-from . import distributed
+from ...data.augment import harden
+from ...data.folder import FolderDataset, collate_skipping
+from ...data.local_mamba_augment import is_local_mamba_policy, local_mamba_train_transform
+from ...data.sizes import height_width, size_name
+from ...engine import distributed
+from ...engine.config import ConfigError
+from ...engine.loop import FitResult, fit
+from ...engine.schedules import StaircaseWarmupCosine
+from ...engine.task import Batch, Metric, Task, TaskParts
+from ...factory import create_model
+from .config import TrainConfig
 from .evaluate import evaluate
-from .loop import FitResult, fit
-from .schedules import StaircaseWarmupCosine
-from .task import Batch, Metric, Task, TaskParts
-from .train_config import ConfigError, TrainConfig
 
 
 def train(config: TrainConfig) -> FitResult:
@@ -32,6 +33,7 @@ def train(config: TrainConfig) -> FitResult:
 
 
 class ClassificationTask(Task):
+    config_class = TrainConfig
     config: TrainConfig
 
     def build(self, env: distributed.Distributed) -> TaskParts:

@@ -27,9 +27,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from ..checkpoints import CheckpointError, check_fits
-from ..engine.checkpointing import load_training_checkpoint
-from .backbone import DenseBackbone, create_backbone
+from ...dense.backbone import DenseBackbone, create_backbone
+from ...engine.checkpointing import load_trained_model
 
 FPN_CHANNELS = 256
 PAD_MULTIPLE = 32  # mmdetection's and torchvision's batch padding
@@ -119,17 +118,10 @@ def load_detector(path: str | os.PathLike, use_ema: bool = False,
     """The detector a `detect-train` checkpoint holds (on CPU, eval mode) and its metadata ('detector' key).
 
     The RPN and post-processing settings are the training run's (as its validation used them) unless overridden."""
-    state = load_training_checkpoint(path)
-    meta = state.get("detector")
-    if state.get("task") != "DetectionTask" or not isinstance(meta, dict):
-        raise CheckpointError(f"{os.fspath(path)!r} is a {state.get('task', 'non-detection')} checkpoint, not one "
-                              "`mambaout detect-train` wrote")
-    weights = state.get("model_ema") if use_ema else state["model"]
-    if weights is None:
-        raise CheckpointError(f"{os.fspath(path)!r} was trained without --model-ema: it has no EMA weights")
-    long_side, short_side = meta["img_scale"]
-    model = create_detector(meta["backbone"], len(meta["class_names"]), min_size=short_side, max_size=long_side,
-                            **meta["architecture"], **{**meta.get("inference", {}), **maskrcnn_options})
-    check_fits(model.state_dict(), weights, os.fspath(path))
-    model.load_state_dict(weights)
-    return model.eval(), meta
+
+    def build(meta: dict[str, Any]) -> MaskRCNNDetector:
+        long_side, short_side = meta["img_scale"]
+        return create_detector(meta["backbone"], len(meta["class_names"]), min_size=short_side, max_size=long_side,
+                               **meta["architecture"], **{**meta.get("inference", {}), **maskrcnn_options})
+
+    return load_trained_model(path, "DetectionTask", "detector", "detect-train", build, use_ema)

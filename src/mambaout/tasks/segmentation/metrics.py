@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..engine import distributed
+from ...engine import distributed
 
 IGNORE_INDEX = 255
 

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from ..data.images import ImageReadError, open_rgb
+from ...data.images import ImageReadError, open_rgb
 from .coco_eval import MASK_THRESHOLD
 
 

@@ -24,13 +24,12 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from ..checkpoints import CheckpointError, check_fits
-from ..data.images import ImageReadError, open_rgb
-from ..data.segmentation import normalize, rescale_size
-from ..data.sizes import Size, height_width
-from ..engine import distributed
-from ..engine.checkpointing import load_training_checkpoint
-from .seg_metrics import SegmentationAreas, SegmentationMetrics
+from ...data.images import ImageReadError, open_rgb
+from ...data.segmentation import normalize, rescale_size
+from ...data.sizes import Size, height_width
+from ...engine import distributed
+from ...engine.checkpointing import load_trained_model
+from .metrics import SegmentationAreas, SegmentationMetrics
 from .upernet import Segmenter, create_segmenter, resize
 
 log = logging.getLogger("mambaout")
@@ -149,19 +148,12 @@ def evaluate_segmentation(
 
 def load_segmenter(path: str | os.PathLike, use_ema: bool = False) -> tuple[Segmenter, dict[str, Any]]:
     """The segmenter a `segment-train` checkpoint holds (on CPU, eval mode) and its metadata."""
-    state = load_training_checkpoint(path)
-    meta = state.get("segmenter")
-    if state.get("task") != "SegmentationTask" or not isinstance(meta, dict):
-        raise CheckpointError(f"{os.fspath(path)!r} is a {state.get('task', 'non-segmentation')} checkpoint, not one "
-                              "`mambaout segment-train` wrote")
-    weights = state.get("model_ema") if use_ema else state["model"]
-    if weights is None:
-        raise CheckpointError(f"{os.fspath(path)!r} was trained without --model-ema: it has no EMA weights")
-    model = create_segmenter(meta["backbone"], len(meta["class_names"]), channels=meta["channels"],
-                             aux_channels=meta["aux_channels"])
-    check_fits(model.state_dict(), weights, os.fspath(path))
-    model.load_state_dict(weights)
-    return model.eval(), meta
+
+    def build(meta: dict[str, Any]) -> Segmenter:
+        return create_segmenter(meta["backbone"], len(meta["class_names"]), channels=meta["channels"],
+                                aux_channels=meta["aux_channels"])
+
+    return load_trained_model(path, "SegmentationTask", "segmenter", "segment-train", build, use_ema)
 
 
 def palette(num_classes: int) -> np.ndarray:

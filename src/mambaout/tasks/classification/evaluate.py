@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..data.folder import SkipLog, Skipped
+from ...data.folder import SkipLog, Skipped
 
 
 @dataclass(frozen=True)

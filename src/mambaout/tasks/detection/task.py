@@ -23,15 +23,14 @@ import torch
 from timm.scheduler import MultiStepLRScheduler
 from timm.scheduler.scheduler import Scheduler
 from torch import nn
-from torch.utils.data import DataLoader
 
-from ..data.folder import split_skipped
-from ..engine import distributed
-from ..engine.loop import FitResult, fit
-from ..engine.task import Batch, Metric, Task, TaskParts
-from ..engine.train_config import ConfigError, option
-from .detection import create_detector, load_detector
-from .train_config import DenseTrainConfig
+from ...data.folder import split_skipped
+from ...dense.config import DenseTrainConfig
+from ...engine import distributed
+from ...engine.config import ConfigError, option
+from ...engine.loop import FitResult, fit
+from ...engine.task import Batch, Metric, Task, TaskParts
+from .model import create_detector, load_detector
 
 if TYPE_CHECKING:
     from .coco_eval import DetectionEvaluation
@@ -125,10 +124,11 @@ def multistep_warmup_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch
 
 
 class DetectionTask(Task):
+    config_class = DetectionConfig
     config: DetectionConfig
 
     def build(self, env: distributed.Distributed) -> TaskParts:
-        from ..data.coco import VAL_SPLITS, CocoInstances, default_split, require_split
+        from ...data.coco import VAL_SPLITS, CocoInstances, default_split, require_split
 
         config = self.config
         train_split = require_split(config.data_dir, config.train_split, "train")
@@ -250,17 +250,15 @@ def evaluate_checkpoint(
 ) -> EvaluationReport:
     """COCO AP of a `detect-train` checkpoint on a split (every process of a torchrun job calls this); with `out`,
     rank 0 writes the detections in COCO's results format (results.bbox.json, results.segm.json) and metrics.json."""
-    from ..data.coco import CocoInstances, require_split
-    from ..engine.inference import PRECISIONS
+    from ...data.coco import CocoInstances, require_split
+    from ...engine.inference import PRECISIONS
     from .coco_eval import evaluate_detector
 
     model, meta = load_detector(checkpoint, use_ema=use_ema)
     split = require_split(data_dir, split, "val")
     dataset = CocoInstances(data_dir, split, training=False, category_ids=meta["category_ids"])
-    env = distributed.setup(device)
-    try:
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_eval,
-                            sampler=distributed.ShardSampler(len(dataset), env.rank, env.world_size))
+    with distributed.processes(device) as env:
+        loader = distributed.shard_loader(dataset, env, batch_size, workers, collate_eval)
         progress = env.is_main and sys.stderr.isatty()
         evaluation = evaluate_detector(model.to(env.device), loader, dataset.coco, meta["category_ids"], env,
                                        PRECISIONS[amp] if amp else None, progress)
@@ -273,6 +271,4 @@ def evaluate_checkpoint(
                 files[-1].write_text(json.dumps(detections), encoding="utf-8")
             files.append(folder / "metrics.json")
             files[-1].write_text(json.dumps(evaluation.metrics, indent=2), encoding="utf-8")
-    finally:
-        distributed.teardown()
     return EvaluationReport(evaluation, split, files)

@@ -1,0 +1,1 @@
+"""The training tasks, each a package that plugs its model, data, loss and metric into `engine/`."""
