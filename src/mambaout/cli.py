@@ -52,6 +52,24 @@ class UsageError(MambaoutError, ValueError):
 EXPECTED_ERRORS = (MambaoutError, FileNotFoundError)
 
 
+def _warn_untrained(args: argparse.Namespace, consequence: str) -> None:
+    if not (args.checkpoint or args.pretrained):
+        logging.getLogger("mambaout").warning("no --checkpoint or --pretrained: %s has random weights, %s",
+                                              args.model, consequence)
+
+
+def _print_errors(errors: Sequence[object]) -> None:
+    """The inputs a command could not use, one line each on stderr (the command then exits 1)."""
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+
+
+def _print_top(path: str, guesses: Sequence) -> None:
+    print(path)
+    for g in guesses:
+        print(f"  {g.probability:7.2%}  {g.label}  ({g.index})")
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     rows = []
     for name in list_models(args.pattern):
@@ -130,10 +148,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict_onnx(args)
     if not args.images:
         raise UsageError("predict needs a MODEL and at least one IMAGE (or --onnx FILE IMAGE...)")
-    if not (args.checkpoint or args.pretrained):
-        logging.getLogger("mambaout").warning(
-            "no --checkpoint or --pretrained: %s has random weights, its predictions mean nothing", args.model
-        )
+    _warn_untrained(args, "its predictions mean nothing")
     model = create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, use_ema=args.use_ema)
     predictions, errors = predict_files(
         model,
@@ -147,8 +162,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         fold_norms=not args.no_fold_norms,
         compile=args.compile,
     )
-    for error in errors:
-        print(f"error: {error}", file=sys.stderr)
+    _print_errors(errors)
     if args.json:
         print(
             json.dumps(
@@ -164,9 +178,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     else:
         for p in predictions:
-            print(p.path)
-            for g in p.top:
-                print(f"  {g.probability:7.2%}  {g.label}  ({g.index})")
+            _print_top(p.path, p.top)
     return 1 if errors else 0
 
 
@@ -249,10 +261,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .tasks.classification.validate import validate
 
-    if not (args.checkpoint or args.pretrained):
-        logging.getLogger("mambaout").warning(
-            "no --checkpoint or --pretrained: %s has random weights, its accuracy means nothing", args.model
-        )
+    _warn_untrained(args, "its accuracy means nothing")
     result = validate(
         args.data_dir,
         args.model,
@@ -278,10 +287,7 @@ def cmd_erf(args: argparse.Namespace) -> int:
     from .analysis.erf import save_erf
     from .factory import create_model
 
-    if not (args.checkpoint or args.pretrained):
-        logging.getLogger("mambaout").warning(
-            "no --checkpoint or --pretrained: %s has random weights, its ERF is an untrained network's", args.model
-        )
+    _warn_untrained(args, "its ERF is an untrained network's")
     model = create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, use_ema=args.use_ema)
     report = save_erf(
         model,
@@ -358,8 +364,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     settings = InferenceSettings(args.mode, tuple(meta["img_scale"]), MULTI_SCALE_RATIOS if args.multi_scale else
                                  (1.0,), args.flip, meta["crop_size"], meta["stride"])
     done, errors = segment_files(model, args.images, args.output, meta["class_names"], settings, args.device)
-    for error in errors:
-        print(f"error: {error}", file=sys.stderr)
+    _print_errors(errors)
     for item in done:
         shares = ", ".join(f"{name} {share:.0%}" for name, share in list(item.classes.items())[:5])
         print(f"{item.path}: {shares}\n  {item.labels}\n  {item.overlay}")
@@ -399,8 +404,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     model, meta = load_detector(args.checkpoint, use_ema=args.use_ema, box_score_thresh=args.score_threshold)
     done, errors = detect_files(model, args.images, meta["class_names"], args.output, args.score_threshold,
                                 args.device)
-    for error in errors:
-        print(f"error: {error}", file=sys.stderr)
+    _print_errors(errors)
     if args.json:
         print(json.dumps([item.to_dict() for item in done], indent=2))
     else:
@@ -416,16 +420,13 @@ def _predict_onnx(args: argparse.Namespace) -> int:
 
     images = [args.model, *args.images]  # with --onnx there is no MODEL: every positional is an image
     predictions, errors = predict_onnx_files(args.onnx, images, topk=args.topk)
-    for error in errors:
-        print(f"error: {error}", file=sys.stderr)
+    _print_errors(errors)
     if args.json:
         rows = [{"image": path, "top": [vars(g) for g in top]} for path, top in predictions]
         print(json.dumps(rows, indent=2))
     else:
         for path, top in predictions:
-            print(path)
-            for g in top:
-                print(f"  {g.probability:7.2%}  {g.label}  ({g.index})")
+            _print_top(path, top)
     return 1 if errors else 0
 
 
@@ -433,8 +434,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .apps.export import export_model
     from .factory import create_model
 
-    if not (args.checkpoint or args.pretrained):
-        logging.getLogger("mambaout").warning("no --checkpoint or --pretrained: exporting random weights")
+    _warn_untrained(args, "the file holds them")
     model = create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
     report = export_model(model, args.format, args.output, args.img_size, dynamic_batch=not args.fixed_batch,
                           verify_output=not args.no_verify)

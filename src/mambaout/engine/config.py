@@ -32,6 +32,13 @@ class ConfigError(MambaoutError, ValueError):
     """Training options that do not make sense (bad values, unknown keys in a config file)."""
 
 
+def check_options(checks: list[tuple[bool, str]], error: type[Exception] = ConfigError) -> None:
+    """Raise `error` with the message of the first (ok, message) pair that is not ok."""
+    for ok, message in checks:
+        if not ok:
+            raise error(message)
+
+
 def option(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
@@ -125,9 +132,7 @@ class EngineConfig:
             (self.release_weights == "model" or self.model_ema_decay is not None,
              "--release-weights ema needs an EMA: --model-ema-decay D"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        check_options(checks)
 
     def resolved_lr(self, world_size: int) -> float:
         """The peak learning rate the run uses with `world_size` processes."""

@@ -91,11 +91,6 @@ class Task(ABC):
                  progress: bool) -> dict[str, float]:
         """Validation metrics reduced over all processes, keys prefixed 'val_' (every process returns them)."""
 
-    @property
-    @abstractmethod
-    def metric(self) -> Metric:
-        """The validation metric that picks best.pth."""
-
     @abstractmethod
     def experiment_name(self) -> str:
         """Default run folder name: the same command rerun with --resume auto must find the same folder."""
@@ -110,6 +105,11 @@ class Task(ABC):
         optimizer step and `step(epoch + 1, metric)` after every epoch (timm's API)."""
 
     # ---- defaults
+    @property
+    def metric(self) -> Metric:
+        """The validation metric that picks best.pth: --eval-metric, with a val_ prefix; a loss is better lower."""
+        return Metric(f"val_{self.config.eval_metric}", higher_is_better=self.config.eval_metric != "loss")
+
     def to_device(self, batch: Batch, device: torch.device) -> Batch:
         """Moves tensors (also inside lists, tuples and dicts) to `device`."""
         return Batch(_move(batch.inputs, device), _move(batch.targets, device), batch.size, batch.skipped)

@@ -10,7 +10,7 @@ from typing import Any
 from ..analysis.flops import model_flops
 from ..data.folder import DatasetError, find_classes
 from ..data.sizes import height_width
-from ..engine.config import ConfigError, checked_size
+from ..engine.config import ConfigError, check_options, checked_size
 from ..errors import MambaoutError
 from ..recipes import Recipe, get_recipe
 from ..registry import get_model_spec, recipe_for
@@ -88,9 +88,7 @@ class StudyConfig:
             (self.resume in (None, "auto"), "a study resumes with --resume auto (each run from its newest checkpoint)"),
             (self.bench_batch >= 1 and self.bench_repeats >= 1, "--bench-batch and --bench-repeats must be positive"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise StudyError(message)
+        check_options(checks, StudyError)
         taken = sorted(set(self.options) & set(STUDY_SET))
         if taken:
             raise StudyError(f"the study sets {', '.join(taken)} for each run itself: use its own flags")

@@ -11,7 +11,7 @@ from typing import Any
 
 from ...data.augment import check_policy
 from ...data.local_mamba_augment import check_local_mamba_policy, is_local_mamba_policy
-from ...engine.config import ConfigError, EngineConfig, checked_size, option
+from ...engine.config import ConfigError, EngineConfig, check_options, checked_size, option
 from ...recipes import Recipe, RecipeReport, get_recipe, plain
 from ...registry import get_model_spec, recipe_for
 
@@ -117,9 +117,7 @@ class TrainConfig(EngineConfig):
              f"--epochs {self.epochs} is shorter than the {self.warmup_epochs} warmup epochs of recipe {self.recipe}: "
              "set --warmup-epochs too (0 to 'epochs')"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        check_options(checks)
         super().__post_init__()
 
     def _apply_recipe(self) -> RecipeReport:

@@ -21,7 +21,7 @@ from ...engine import distributed
 from ...engine.config import ConfigError
 from ...engine.loop import FitResult, fit
 from ...engine.schedules import StaircaseWarmupCosine
-from ...engine.task import Batch, Metric, Task, TaskParts
+from ...engine.task import Batch, Task, TaskParts
 from ...factory import create_model
 from .config import TrainConfig
 from .evaluate import evaluate
@@ -95,10 +95,6 @@ class ClassificationTask(Task):
             "val_top5": result.top5,
             "val_skipped": result.skipped + len(self.val_set.skipped),
         }
-
-    @property
-    def metric(self) -> Metric:
-        return Metric(f"val_{self.config.eval_metric}", higher_is_better=self.config.eval_metric != "loss")
 
     def schedule(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
         """timm's scheduler; `epochs` counts a prefix warmup in (timm's num_epochs does not), so a recipe's 300 epochs

@@ -27,9 +27,9 @@ from torch import nn
 from ...data.folder import split_skipped
 from ...dense.config import DenseTrainConfig
 from ...engine import distributed
-from ...engine.config import ConfigError, option
+from ...engine.config import check_options, option
 from ...engine.loop import FitResult, fit
-from ...engine.task import Batch, Metric, Task, TaskParts
+from ...engine.task import Batch, Task, TaskParts
 from .model import create_detector, load_detector
 
 if TYPE_CHECKING:
@@ -86,9 +86,7 @@ class DetectionConfig(DenseTrainConfig):
             (0 <= self.score_threshold < 1, "--score-threshold must be in [0, 1)"),
             (min(self.fpn_channels, self.box_head_dim, self.mask_head_channels) >= 1, "head widths must be positive"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        check_options(checks)
         super().__post_init__()
 
     def architecture(self) -> dict[str, int]:
@@ -171,10 +169,6 @@ class DetectionTask(Task):
 
         result = evaluate_detector(model, loader, self.val_set.coco, self.category_ids, env, amp_dtype, progress)
         return {f"val_{key}": value for key, value in result.metrics.items()} | {"val_skipped": len(result.skipped)}
-
-    @property
-    def metric(self) -> Metric:
-        return Metric(f"val_{self.config.eval_metric}")
 
     def schedule(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> tuple[Scheduler, int]:
         config = self.config

@@ -35,9 +35,9 @@ from ...data.segmentation import (
 from ...data.sizes import compact_size, height_width, size_name
 from ...dense.config import DenseTrainConfig
 from ...engine import distributed
-from ...engine.config import ConfigError, checked_size, option
+from ...engine.config import ConfigError, check_options, checked_size, option
 from ...engine.loop import FitResult, fit
-from ...engine.task import Batch, IterationSampler, Metric, Task, TaskParts
+from ...engine.task import Batch, IterationSampler, Task, TaskParts
 from .inference import MULTI_SCALE_RATIOS, InferenceSettings, evaluate_segmentation, load_segmenter
 from .metrics import SegmentationMetrics
 from .upernet import convert_sync_batchnorm, create_segmenter
@@ -106,9 +106,7 @@ class SegmentationConfig(DenseTrainConfig):
             (0 < self.ratio_range[0] <= self.ratio_range[1], "--ratio-range must be two increasing positive values"),
             (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        check_options(checks)
         super().__post_init__()
 
 
@@ -195,10 +193,6 @@ class SegmentationTask(Task):
         metrics, skipped = evaluate_segmentation(model, loader, len(self.class_names), self.settings, env.device,
                                                  amp_dtype, progress, self.class_names)
         return {f"val_{k}": v for k, v in metrics.summary().items()} | {"val_skipped": skipped + self.val_scan_skipped}
-
-    @property
-    def metric(self) -> Metric:
-        return Metric(f"val_{self.config.eval_metric}")
 
     def schedule(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> tuple[Scheduler, int]:
         config = self.config
