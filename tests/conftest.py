@@ -55,6 +55,10 @@ def cli_flags(options: dict) -> list[str]:
     return flags
 
 
+# the environment of a training subprocess: one OpenMP thread (as `one_thread` gives this process)
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One thread for a module of tiny models: on a shared 2-core machine several OpenMP threads contend and wait on

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import cli_flags, console_script
+from conftest import ONE_THREAD, cli_flags, console_script
 from mambaout.cli import main
 from mambaout.data.synthetic_coco import write_coco_dataset
 from mambaout.engine.checkpointing import load_training_checkpoint
@@ -39,7 +39,6 @@ QUICK = dict(
     drop_path=0.0,
     log_interval=1,
 )
-ONE_THREAD = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
 
 
 

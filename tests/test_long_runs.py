@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import PILToTensor
 
-from conftest import cli_flags
+from conftest import ONE_THREAD, cli_flags
 from mambaout.checkpoints import CheckpointError
 from mambaout.cli import main
 from mambaout.data.folder import DatasetError, FolderDataset
@@ -39,7 +39,6 @@ DETECTION = dict(backbone="mambaout_test", img_scale=[64, 48], fpn_channels=16, 
                  mask_head_channels=16, rpn_post_nms_train=32, rpn_post_nms_test=16, rpn_batch_size_per_image=64,
                  box_batch_size_per_image=32, detections_per_image=10, batch_size=2, workers=0, lr=2e-3,
                  warmup_iters=2, drop_path=0.0, log_interval=1)
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

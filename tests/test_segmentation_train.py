@@ -3,7 +3,6 @@
 
 import csv
 import json
-import os
 import random
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import cli_flags, console_script
+from conftest import ONE_THREAD, cli_flags, console_script
 from mambaout.cli import main
 from mambaout.data.synthetic_segmentation import CLASS_NAMES, write_segmentation_dataset
 from mambaout.engine.checkpointing import load_training_checkpoint
@@ -38,14 +37,8 @@ QUICK = dict(
     log_interval=1,
 )
 
-
-# one thread per process: on a shared, loaded 2-core machine two OpenMP threads per process wait on each other
-# (10-50x slower steps); the subprocesses get the same through OMP_NUM_THREADS
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
+# one thread per process (conftest's one_thread; the subprocesses get ONE_THREAD's environment)
 pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 
 @pytest.fixture(scope="module")

@@ -64,10 +64,13 @@ def _print_errors(errors: Sequence[object]) -> None:
         print(f"error: {error}", file=sys.stderr)
 
 
-def _print_top(path: str, guesses: Sequence) -> None:
-    print(path)
-    for g in guesses:
-        print(f"  {g.probability:7.2%}  {g.label}  ({g.index})")
+def _print_results(results: Sequence, as_json: bool) -> None:
+    """A command's results (each with `format()` and `to_dict()`): as text, or as one JSON list with --json."""
+    if as_json:
+        print(json.dumps([result.to_dict() for result in results], indent=2))
+    else:
+        for result in results:
+            print(result.format())
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -163,22 +166,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         compile=args.compile,
     )
     _print_errors(errors)
-    if args.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "image": p.path,
-                        "top": [{"index": g.index, "label": g.label, "probability": g.probability} for g in p.top],
-                    }
-                    for p in predictions
-                ],
-                indent=2,
-            )
-        )
-    else:
-        for p in predictions:
-            _print_top(p.path, p.top)
+    _print_results(predictions, args.json)
     return 1 if errors else 0
 
 
@@ -349,11 +337,7 @@ def cmd_segment_eval(args: argparse.Namespace) -> int:
                                  amp=args.amp, use_ema=args.use_ema)
     if not report.main_process:
         return 0
-    if args.json:
-        print(json.dumps({"images": report.images, "skipped": report.skipped, **report.metrics.summary(),
-                          "class_iou": report.metrics.class_iou}, indent=2))
-    else:
-        print(report.format())
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
     return 0
 
 
@@ -365,9 +349,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                                  (1.0,), args.flip, meta["crop_size"], meta["stride"])
     done, errors = segment_files(model, args.images, args.output, meta["class_names"], settings, args.device)
     _print_errors(errors)
-    for item in done:
-        shares = ", ".join(f"{name} {share:.0%}" for name, share in list(item.classes.items())[:5])
-        print(f"{item.path}: {shares}\n  {item.labels}\n  {item.overlay}")
+    _print_results(done, as_json=False)
     return 1 if errors else 0
 
 
@@ -389,11 +371,7 @@ def cmd_detect_eval(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(args.data_dir, args.checkpoint, split=args.split, out=args.output, device=args.device,
                                  workers=args.workers, batch_size=args.batch_size, amp=args.amp,
                                  use_ema=args.use_ema)
-    if args.json:
-        print(json.dumps({"images": report.evaluation.images, "skipped": [s.path for s in report.evaluation.skipped],
-                          **report.evaluation.metrics}, indent=2))
-    else:
-        print(report.format())
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
     return 0
 
 
@@ -405,13 +383,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     done, errors = detect_files(model, args.images, meta["class_names"], args.output, args.score_threshold,
                                 args.device)
     _print_errors(errors)
-    if args.json:
-        print(json.dumps([item.to_dict() for item in done], indent=2))
-    else:
-        for item in done:
-            print(f"{item.path}: {len(item.detections)} detections -> {item.drawn}")
-            for d in item.detections:
-                print(f"  {d.score:6.3f}  {d.label:<16} box {d.box}")
+    _print_results(done, args.json)
     return 1 if errors else 0
 
 
@@ -421,12 +393,7 @@ def _predict_onnx(args: argparse.Namespace) -> int:
     images = [args.model, *args.images]  # with --onnx there is no MODEL: every positional is an image
     predictions, errors = predict_onnx_files(args.onnx, images, topk=args.topk)
     _print_errors(errors)
-    if args.json:
-        rows = [{"image": path, "top": [vars(g) for g in top]} for path, top in predictions]
-        print(json.dumps(rows, indent=2))
-    else:
-        for path, top in predictions:
-            _print_top(path, top)
+    _print_results(predictions, args.json)
     return 1 if errors else 0
 
 

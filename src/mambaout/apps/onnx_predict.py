@@ -1,4 +1,4 @@
-"""Top-k predictions from an exported ONNX file: ONNX Runtime, numpy and PIL only (no model code, no torch).
+"""Top-k predictions from an exported ONNX file, computed by ONNX Runtime, numpy and PIL (no model code, no torch).
 
 The preprocessing is read from the file's metadata (written by `mambaout export`) and reproduces timm's eval
 transform for PIL images: resize the shorter side to size / crop_pct, center crop, scale to [0, 1], normalize.
@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..data.images import ImageReadError, open_rgb
 from ..errors import MambaoutError
+from ..tasks.classification.predict import Guess, Prediction
 
 # timm's interpolation names -> PIL's filters (torchvision resizes PIL images with these)
 INTERPOLATION = {
@@ -84,13 +85,6 @@ class Preprocessing:
         return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-@dataclass(frozen=True)
-class OnnxGuess:
-    index: int
-    label: str
-    probability: float
-
-
 class OnnxClassifier:
     """An exported classifier on ONNX Runtime's CPU provider with its own preprocessing."""
 
@@ -121,7 +115,7 @@ class OnnxClassifier:
         rows = [self.session.run(None, {self.input_name: images[i : i + 1]})[0] for i in range(len(images))]
         return np.concatenate(rows)
 
-    def predict_images(self, images: Sequence[Image.Image], topk: int = 5) -> list[list[OnnxGuess]]:
+    def predict_images(self, images: Sequence[Image.Image], topk: int = 5) -> list[list[Guess]]:
         batch = np.stack([self.preprocess(image) for image in images])
         logits = self.logits(batch).astype(np.float64)
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -130,7 +124,7 @@ class OnnxClassifier:
         results = []
         for row in probs:
             order = np.argsort(-row, kind="stable")[:topk]
-            results.append([OnnxGuess(int(i), self._label(int(i)), float(row[i])) for i in order])
+            results.append([Guess(int(i), self._label(int(i)), float(row[i])) for i in order])
         return results
 
     def _label(self, index: int) -> str:
@@ -140,7 +134,7 @@ class OnnxClassifier:
 
 def predict_onnx_files(
     path: str | os.PathLike, images: Sequence[str | os.PathLike], topk: int = 5
-) -> tuple[list[tuple[str, list[OnnxGuess]]], list[ImageReadError]]:
+) -> tuple[list[Prediction], list[ImageReadError]]:
     """Predict every readable image with the ONNX file; unreadable ones come back as errors, in input order."""
     classifier = OnnxClassifier(path)
     predictions, errors = [], []
@@ -150,5 +144,5 @@ def predict_onnx_files(
         except ImageReadError as error:
             errors.append(error)
             continue
-        predictions.append((os.fspath(image_path), classifier.predict_images([image], topk)[0]))
+        predictions.append(Prediction(os.fspath(image_path), classifier.predict_images([image], topk)[0]))
     return predictions, errors

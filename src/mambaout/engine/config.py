@@ -47,8 +47,9 @@ def option(default: Any, help: str, **extra: Any) -> Any:
 class EngineConfig:
     """Options every task's training shares (the engine reads these); tasks subclass it with their recipe."""
 
-    #: the metrics --eval-metric may name (the task's evaluate() returns them with a 'val_' prefix)
-    eval_metrics: ClassVar[tuple[str, ...]] = ("top1", "top5", "loss")
+    #: the metrics --eval-metric may name (the task's evaluate() returns them with a 'val_' prefix); each task
+    #: names its own, with its own eval_metric default
+    eval_metrics: ClassVar[tuple[str, ...]] = ("loss",)
 
     data_dir: str = option("", "dataset root")
     workers: int = option(min(8, os.cpu_count() or 1), "data loading processes per training process")
@@ -94,7 +95,7 @@ class EngineConfig:
     checkpoint_hist: int = option(10, "epoch checkpoints kept besides last and best")
     checkpoint_interval: int = option(1000, "optimizer steps between the mid-epoch checkpoints that --resume auto "
                                       "continues from exactly (last.pth; 0: at the end of each epoch only)")
-    eval_metric: str = option("top1", "validation metric that picks best.pth")
+    eval_metric: str = option("loss", "validation metric that picks best.pth")
     log_interval: int = option(50, "steps between log lines")
     seed: int = option(42, "random seed (each process adds its rank)")
     deterministic: bool = option(False, "deterministic algorithms (bitwise reproducible runs, slower)")

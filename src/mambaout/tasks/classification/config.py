@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ...data.augment import check_policy
 from ...data.local_mamba_augment import check_local_mamba_policy, is_local_mamba_policy
@@ -26,6 +26,8 @@ def from_recipe(help: str, **extra: Any) -> Any:
 @dataclass
 class TrainConfig(EngineConfig):
     """Image classification on a folder dataset; every option left None takes the run's recipe value."""
+
+    eval_metrics: ClassVar[tuple[str, ...]] = ("top1", "top5", "loss")
 
     data_dir: str = option("", "dataset root holding train/ and val/ with one folder per class (ImageNet's layout)")
     model: str = option("mambaout_femto", "registered model name (`mambaout models`)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,8 +25,16 @@ class Guess:
 
 @dataclass(frozen=True)
 class Prediction:
+    """The top-k classes of one image file, most probable first (`predict`, and `predict --onnx`)."""
+
     path: str
     top: list[Guess]
+
+    def to_dict(self) -> dict:
+        return {"image": self.path, "top": [dataclasses.asdict(guess) for guess in self.top]}
+
+    def format(self) -> str:
+        return "\n".join([self.path, *(f"  {g.probability:7.2%}  {g.label}  ({g.index})" for g in self.top)])
 
 
 def eval_transform(model: nn.Module, input_size: tuple[int, int] | None = None):

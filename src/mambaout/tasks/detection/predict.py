@@ -34,6 +34,10 @@ class ImageDetections:
     def to_dict(self) -> dict:
         return {"image": self.path, "drawn": self.drawn, "detections": [vars(d) for d in self.detections]}
 
+    def format(self) -> str:
+        return "\n".join([f"{self.path}: {len(self.detections)} detections -> {self.drawn}",
+                          *(f"  {d.score:6.3f}  {d.label:<16} box {d.box}" for d in self.detections)])
+
 
 def _colours(count: int) -> list[tuple[int, int, int]]:
     """A fixed, well spread colour per class."""

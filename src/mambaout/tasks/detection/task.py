@@ -217,6 +217,10 @@ class EvaluationReport:
     split: str
     files: list[Path]
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": self.evaluation.images, "skipped": [s.path for s in self.evaluation.skipped],
+                **self.evaluation.metrics}
+
     def format(self) -> str:
         m = self.evaluation.metrics
         lines = [f"{kind:>4}: AP {m[f'{kind}_mAP']:.3f}  AP50 {m[f'{kind}_mAP_50']:.3f}  AP75 {m[f'{kind}_mAP_75']:.3f}"

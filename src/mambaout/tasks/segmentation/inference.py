@@ -187,6 +187,10 @@ class SegmentedImage:
     overlay: Path
     classes: dict[str, float]  # share of the image per predicted class, largest first
 
+    def format(self) -> str:
+        shares = ", ".join(f"{name} {share:.0%}" for name, share in list(self.classes.items())[:5])
+        return f"{self.path}: {shares}\n  {self.labels}\n  {self.overlay}"
+
 
 def segment_files(
     model: Segmenter,

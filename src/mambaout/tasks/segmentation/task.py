@@ -247,6 +247,10 @@ class EvaluationReport:
     settings: InferenceSettings
     main_process: bool = True  # rank 0 of a torchrun job (every rank holds the same numbers; one prints them)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": self.images, "skipped": self.skipped, **self.metrics.summary(),
+                "class_iou": self.metrics.class_iou}
+
     def format(self) -> str:
         how = f"{self.settings.mode}, {'multi-scale' if len(self.settings.ratios) > 1 else 'single-scale'}"
         how += ", flip" if self.settings.flip else ""
