@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from mambaout.data.images import ImageReadError, open_rgb, to_rgb
+from mambaout.data.images import ImageReadError, open_rgb, readable_images, to_rgb
 
 
 def _save_and_read(tmp_path, img, name, **save_kwargs):
@@ -363,3 +363,23 @@ def test_exif_transpose_without_tag_changes_nothing(tmp_path):
     img.save(path)
     out = open_rgb(path, exif_transpose=True)
     assert out.size == (2, 3) and out.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_readable_images_yields_the_good_files_and_lists_the_rest_in_order(tmp_path):
+    """What predict, predict --onnx, detect and segment read: every readable file, the others as errors."""
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.new("L", (4, 2), 128).save(rotated, exif=exif)
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("not an image")
+    plain = tmp_path / "plain.png"
+    Image.new("RGBA", (3, 5), (0, 0, 0, 0)).save(plain)
+    paths = [tmp_path / "empty.png", rotated, tmp_path / "missing.png", tmp_path / "notes.png", plain]
+    errors = []
+    read = list(readable_images(paths, errors))
+    assert [(path, image.mode, image.size) for path, image in read] == [(str(rotated), "RGB", (2, 4)),
+                                                                        (str(plain), "RGB", (3, 5))]
+    assert [error.path for error in errors] == [str(tmp_path / name) for name in ("empty.png", "missing.png",
+                                                                                  "notes.png")]
+    assert all(isinstance(error, ImageReadError) for error in errors)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..data.images import ImageReadError, open_rgb
+from ..data.images import ImageReadError, readable_images
 from ..errors import MambaoutError
 from ..tasks.classification.predict import Guess, Prediction
 
@@ -138,11 +138,6 @@ def predict_onnx_files(
     """Predict every readable image with the ONNX file; unreadable ones come back as errors, in input order."""
     classifier = OnnxClassifier(path)
     predictions, errors = [], []
-    for image_path in images:
-        try:
-            image = open_rgb(image_path, exif_transpose=True)
-        except ImageReadError as error:
-            errors.append(error)
-            continue
-        predictions.append(Prediction(os.fspath(image_path), classifier.predict_images([image], topk)[0]))
+    for path, image in readable_images(images, errors):
+        predictions.append(Prediction(path, classifier.predict_images([image], topk)[0]))
     return predictions, errors

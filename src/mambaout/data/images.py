@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -44,6 +45,19 @@ def open_rgb(path: str | os.PathLike, exif_transpose: bool = False) -> Image.Ima
     except (OSError, SyntaxError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ImageReadError(path, f"corrupt or truncated image ({reason})") from e
+
+
+def readable_images(paths: Iterable[str | os.PathLike],
+                    errors: list[ImageReadError]) -> Iterator[tuple[str, Image.Image]]:
+    """Each readable file as (path, RGB image with its EXIF orientation applied); an unreadable one goes into
+    `errors` and is passed over, so a command does what it can and reports the rest."""
+    for path in paths:
+        try:
+            image = open_rgb(path, exif_transpose=True)
+        except ImageReadError as error:
+            errors.append(error)
+            continue
+        yield os.fspath(path), image
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

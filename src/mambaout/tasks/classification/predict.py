@@ -11,7 +11,7 @@ import torch
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from torch import nn
 
-from ...data.images import ImageReadError, open_rgb
+from ...data.images import ImageReadError, readable_images
 from ...engine.inference import InferenceModel, prepare_for_inference
 from ...errors import check_input_size
 
@@ -101,12 +101,9 @@ def predict_files(
     predictions, errors = [], []
     for chunk in _batches([os.fspath(p) for p in paths], batch_size):
         tensors, good = [], []
-        for path in chunk:
-            try:
-                tensors.append(transform(open_rgb(path, exif_transpose=True)))
-                good.append(path)
-            except ImageReadError as e:
-                errors.append(e)
+        for path, image in readable_images(chunk, errors):
+            tensors.append(transform(image))
+            good.append(path)
         if not tensors:
             continue
         batch = torch.stack(tensors)

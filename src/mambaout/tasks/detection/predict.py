@@ -13,7 +13,8 @@ from torch import nn
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from ...data.images import ImageReadError, open_rgb
+from ...data.images import ImageReadError, readable_images
+from ...engine.device import resolve_device
 from .coco_eval import MASK_THRESHOLD
 
 
@@ -72,20 +73,15 @@ def detect_files(model: nn.Module, paths: Sequence[str | os.PathLike], class_nam
                  out: str | os.PathLike, score_threshold: float = 0.5, device: str | None = None
                  ) -> tuple[list[ImageDetections], list[ImageReadError]]:
     """Detect in each file, write `<out>/<stem>_detections.png`; unreadable files are returned as errors."""
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = resolve_device(device)
     model = model.to(target)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     done: list[ImageDetections] = []
     errors: list[ImageReadError] = []
-    for path in paths:
-        try:
-            image = open_rgb(path, exif_transpose=True)
-        except ImageReadError as e:
-            errors.append(e)
-            continue
+    for path, image in readable_images(paths, errors):
         detections, drawn = detect_image(model, image, class_names, score_threshold, target)
         written = folder / f"{Path(path).stem}_detections.png"
         drawn.save(written)
-        done.append(ImageDetections(os.fspath(path), str(written), detections))
+        done.append(ImageDetections(path, str(written), detections))
     return done, errors

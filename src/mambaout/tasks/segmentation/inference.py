@@ -24,11 +24,12 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from ...data.images import ImageReadError, open_rgb
+from ...data.images import ImageReadError, readable_images
 from ...data.segmentation import normalize, rescale_size
 from ...data.sizes import Size, height_width
 from ...engine import distributed
 from ...engine.checkpointing import load_trained_model
+from ...engine.device import resolve_device
 from .metrics import SegmentationAreas, SegmentationMetrics
 from .upernet import Segmenter, create_segmenter, resize
 
@@ -201,17 +202,13 @@ def segment_files(
     device: str | torch.device | None = None,
 ) -> tuple[list[SegmentedImage], list[ImageReadError]]:
     """Segment image files, writing `<stem>_labels.png` and `<stem>_overlay.png` for each into `out_dir`."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
     done, errors = [], []
-    for path in tqdm(paths, desc="segment", disable=not sys.stderr.isatty(), leave=False):
-        try:
-            image = open_rgb(path, exif_transpose=True)
-        except ImageReadError as e:
-            errors.append(e)
-            continue
+    for path, image in readable_images(tqdm(paths, desc="segment", disable=not sys.stderr.isatty(), leave=False),
+                                       errors):
         pixels = normalize(torch.from_numpy(np.array(image)).permute(2, 0, 1))[None].to(device)
         labels = segment_probabilities(model, pixels, settings).argmax(dim=1)[0].cpu().numpy()
         stem = Path(path).stem
@@ -220,6 +217,6 @@ def segment_files(
         overlay(image, labels, len(class_names)).save(overlay_path)
         counts = np.bincount(labels.flatten(), minlength=len(class_names)) / labels.size
         shares = {class_names[i]: float(counts[i]) for i in np.argsort(-counts) if counts[i] > 0}
-        done.append(SegmentedImage(str(path), label_path, overlay_path, shares))
+        done.append(SegmentedImage(path, label_path, overlay_path, shares))
     return done, errors
 
