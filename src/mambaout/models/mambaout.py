@@ -21,6 +21,7 @@ from ..recipes import DenseSettings, Fallback
 from ..recipes.mambaout import DENSE, RECIPES
 from ..registry import Published, hub_weights, register_variants
 from ._pooling import check_global_pool
+from ._stages import prune_stages
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "silu": nn.SiLU}
 _ACTIVATION_NAMES = {layer: name for name, layer in ACTIVATIONS.items()}
@@ -374,12 +375,7 @@ class MambaOut(nn.Module):
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Keep only the stages up to the last of `indices` (and no head): what a feature extractor needs."""
-        take, last = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: last + 1]
-        if prune_head:
-            self.head = nn.Identity()
-            self.num_classes = 0
-        return take
+        return prune_stages(self, indices, prune_head)
 
 
 # name: (architecture, published numbers, release weights)

@@ -32,6 +32,7 @@ from ..recipes.vmamba import DENSE, RECIPES
 from ..registry import Published, register_variants
 from ._mamba_layers import at_least_fp32, init_dt_projection_, init_s4d_real_
 from ._pooling import check_global_pool
+from ._stages import prune_stages
 
 NUM_DIRECTIONS = 4
 
@@ -591,12 +592,7 @@ class VMamba(nn.Module):
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Keep only the stages up to the last of `indices` (and no head): what a feature extractor needs."""
-        take, last = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: last + 1]
-        if prune_head:
-            self.head = nn.Identity()
-            self.num_classes = 0
-        return take
+        return prune_stages(self, indices, prune_head)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
