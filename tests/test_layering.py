@@ -92,3 +92,16 @@ def test_no_formatter_directives_without_a_formatter():
               for path in sorted((root / folder).rglob("*.py"))
               for number, line in enumerate(path.read_text().splitlines(), 1) if "# fmt" + ":" in line]
     assert marked == []
+
+
+def test_importing_the_package_loads_no_training_code():
+    """`import mambaout` (create_model, create_detector, ...) must not pull in the engine loop or a task's training."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, mambaout; print(sorted(m for m in sys.modules if m.startswith(('mambaout.engine.loop', "
+             "'mambaout.tasks.classification.task', 'mambaout.tasks.detection.task', "
+             "'mambaout.tasks.segmentation.task'))))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+    assert "create_detector" in dir(mambaout) and "create_segmenter" in dir(mambaout)

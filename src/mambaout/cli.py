@@ -39,9 +39,10 @@ from .errors import MambaoutError
 from .registry import get_model_spec, list_models, weights_location
 from .study import PRESETS as _STUDY_PRESETS
 from .study.plan import STUDY_SET
-from .tasks.classification import ClassificationTask, TrainConfig
-from .tasks.detection import DetectionTask
-from .tasks.segmentation import SegmentationTask
+from .tasks.classification.config import TrainConfig
+from .tasks.classification.task import ClassificationTask
+from .tasks.detection.task import DetectionTask
+from .tasks.segmentation.task import SegmentationTask
 
 
 class UsageError(MambaoutError, ValueError):

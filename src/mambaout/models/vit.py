@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import check_patch_multiple
 from ..recipes import Fallback
 from ..recipes.deit import DENSE, RECIPES
-from ..registry import Published, register_variants
+from ..registry import Published, recipe_for, register_variants
 from ._pooling import check_global_pool
 from ._token_model import GLOBAL_POOLS, PositionTables, TokenModel
 
@@ -240,15 +240,8 @@ VARIANTS: dict[str, tuple[dict, Published, dict]] = {
 
 # crop 0.875 is DeiT's own evaluation (its main.py --eval-crop-ratio); timm's cfg says 0.9.
 _DEIT_CFG = dict(crop_pct=0.875, first_conv="patch_embed.proj", classifier="head")
-_TEST_FALLBACK = Fallback("deit_tiny", "a test variant: DeiT-Ti's recipe")
 register_variants(VARIANTS, family="vit", model=VisionTransformer, cfg=_DEIT_CFG, recipes=RECIPES,
-                  fallback=_TEST_FALLBACK, dense=DENSE)
-
-
-def _recipe_name(name: str) -> str:
-    own = RECIPES.get(name) or _TEST_FALLBACK
-    return own.recipe if isinstance(own, Fallback) else own.name
-
+                  fallback=Fallback("deit_tiny", "a test variant: DeiT-Ti's recipe"), dense=DENSE)
 
 # The Fig. 3b ablation: same architecture and layout, causal attention, mean pooling. Nobody released weights;
 # DeiT's load into it (create_model(f"{name}_causal", checkpoint=...)) as a starting point.
@@ -260,7 +253,7 @@ register_variants(
     model=VisionTransformer,
     cfg=_DEIT_CFG,
     recipes={},
-    fallback={f"{name}_causal": Fallback(_recipe_name(name),
+    fallback={f"{name}_causal": Fallback(recipe_for(name)[0].name,
                                          f"the paper's Fig. 3b trains the causal variant with {name}'s recipe")
               for name in VARIANTS},
     dense=DENSE,
